@@ -1,0 +1,9 @@
+"""Error types the CLI turns into one-line messages with exit code 2."""
+
+
+class DemgenError(Exception):
+    """Base class for errors a user can fix; the CLI prints the message, not a traceback."""
+
+
+class InputError(DemgenError):
+    """A file or argument is missing, unreadable or inconsistent; the message names it."""

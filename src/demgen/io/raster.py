@@ -1,0 +1,185 @@
+"""Raster I/O: open with clear errors, read windows, and write GeoTIFFs atomically.
+
+Every file demgen writes goes to a temporary name in the destination folder and is
+renamed into place only when complete, so a crash or Ctrl-C never leaves a
+half-written raster behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from demgen.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (JSON, Markdown)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def geotiff_profile(
+    *,
+    width: int,
+    height: int,
+    count: int,
+    dtype: str | np.dtype,
+    crs: CRS | str | None,
+    transform: Affine,
+    nodata: float | None = None,
+    block: int = 256,
+) -> dict[str, Any]:
+    """A tiled, deflate-compressed GeoTIFF profile (predictor chosen for the dtype)."""
+    dtype = np.dtype(dtype)
+    tiled = width >= block and height >= block
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": int(width),
+        "height": int(height),
+        "count": int(count),
+        "dtype": dtype.name,
+        "crs": CRS.from_user_input(crs) if crs is not None else None,
+        "transform": transform,
+        "compress": "deflate",
+        "predictor": 3 if dtype.kind == "f" else 2,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if tiled:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    return profile
+
+
+@contextlib.contextmanager
+def open_writer(
+    path: str | os.PathLike,
+    profile: dict[str, Any],
+    *,
+    descriptions: Sequence[str] | None = None,
+    units: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[rasterio.io.DatasetWriter]:
+    """Open a GeoTIFF for windowed writes; it appears at ``path`` only if the block succeeds."""
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+        for i, u in enumerate(units or [], start=1):
+            dst.set_band_unit(i, u)
+        if tags:
+            dst.update_tags(**tags)
+        yield dst
+
+
+def write_raster(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    crs: CRS | str | None,
+    transform: Affine,
+    nodata: float | None = None,
+    descriptions: Sequence[str] | None = None,
+    units: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write a (H, W) or (bands, H, W) array as a GeoTIFF, atomically."""
+    arr = array[None] if array.ndim == 2 else array
+    profile = geotiff_profile(
+        width=arr.shape[2],
+        height=arr.shape[1],
+        count=arr.shape[0],
+        dtype=arr.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    )
+    with open_writer(path, profile, descriptions=descriptions, units=units, tags=tags) as dst:
+        dst.write(arr)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def open_raster(path: str | os.PathLike) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster for reading; unreadable files raise InputError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from exc
+    with ds:
+        yield ds
+
+
+def read_raster(
+    path: str | os.PathLike,
+    *,
+    bands: Sequence[int] | None = None,
+    window: Window | None = None,
+    dtype: str | np.dtype | None = None,
+    require_crs: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read bands (1-based) of a raster as (bands, H, W) with its georeferencing profile."""
+    with open_raster(path) as ds:
+        if require_crs and ds.crs is None:
+            raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+        idx = list(bands) if bands is not None else list(range(1, ds.count + 1))
+        bad = [b for b in idx if not 1 <= b <= ds.count]
+        if bad:
+            raise InputError(f"{path}: band {bad[0]} does not exist (file has {ds.count})")
+        try:
+            arr = ds.read(idx, window=window)
+        except RasterioIOError as exc:
+            raise InputError(f"{path}: read failed ({_first_line(exc)})") from exc
+        profile = dict(ds.profile)
+        profile["descriptions"] = [ds.descriptions[i - 1] for i in idx]
+        if window is not None:
+            profile["transform"] = ds.window_transform(window)
+            profile["height"], profile["width"] = arr.shape[1:]
+        profile["count"] = len(idx)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    return arr, profile
+
+
+def same_grid(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-6) -> bool:
+    """True when two profiles share CRS, shape and transform (to ``tol`` of a pixel)."""
+    if (a["width"], a["height"]) != (b["width"], b["height"]):
+        return False
+    if CRS.from_user_input(a["crs"]) != CRS.from_user_input(b["crs"]):
+        return False
+    ta, tb = a["transform"], b["transform"]
+    px = max(abs(ta.a), abs(ta.e))
+    return all(abs(x - y) <= tol * px for x, y in zip(ta[:6], tb[:6], strict=True))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
