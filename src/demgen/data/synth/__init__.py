@@ -1,0 +1,25 @@
+"""Synthetic worlds: deterministic, georeferenced, Sentinel-2-like scenes over eroded terrain."""
+
+from demgen.data.synth.render import BANDS
+from demgen.data.synth.terrain import CLASSES
+from demgen.data.synth.world import (
+    RELIEFS,
+    SCENE_FILES,
+    SceneConfig,
+    generate_scene,
+    generate_world,
+    resolve_config,
+    validate_config,
+)
+
+__all__ = [
+    "BANDS",
+    "CLASSES",
+    "RELIEFS",
+    "SCENE_FILES",
+    "SceneConfig",
+    "generate_scene",
+    "generate_world",
+    "resolve_config",
+    "validate_config",
+]
