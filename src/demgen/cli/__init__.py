@@ -1,0 +1,55 @@
+"""Command line: parses arguments and calls the Python API; nothing else lives here.
+
+Each subcommand is a module of this package with ``add_parser(sub)``; its parser
+sets ``func``. Every user error prints one line ``demgen <cmd>: error: ...`` and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from demgen import __version__
+from demgen.cli import demo, synth
+from demgen.cli.common import EXIT_USAGE, Parser
+from demgen.errors import DemgenError
+
+SUBCOMMANDS = (synth, demo)
+
+
+def build_parser() -> Parser:
+    """The ``demgen`` parser with all subcommands."""
+    parser = Parser(
+        prog="demgen",
+        description=(
+            "Satellite imagery to Digital Elevation Models: synthetic worlds, training, "
+            "georeferenced prediction and evaluation in metres."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"demgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``demgen`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except DemgenError as exc:
+        print(f"demgen {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"demgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
