@@ -57,7 +57,7 @@ class DemoConfig:
 
     @classmethod
     def fast(cls) -> DemoConfig:
-        return cls(size=256, n_train=3, budget_minutes=0.9, samples_per_epoch=128)
+        return cls(size=256, n_train=3, budget_minutes=1.0, samples_per_epoch=128)
 
 
 def _log(msg: str) -> None:

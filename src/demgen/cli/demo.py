@@ -43,18 +43,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Check the arguments before importing torch and Lightning (seconds of start-up).
+    out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DemgenError(f"{out} already exists and is not empty (choose another --out)")
+    if args.minutes is not None and not args.minutes > 0:
+        raise DemgenError(f"--minutes must be positive, got {args.minutes}")
+
     from dataclasses import replace
 
     from demgen.demo import DemoConfig, run_demo
 
-    out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()):
-        raise DemgenError(f"{out} already exists and is not empty (choose another --out)")
     cfg = DemoConfig.fast() if args.fast else DemoConfig()
     cfg = replace(cfg, precision=args.precision)
     if args.minutes is not None:
-        if args.minutes <= 0:
-            raise DemgenError(f"--minutes must be positive, got {args.minutes}")
         cfg = replace(cfg, budget_minutes=args.minutes)
     metrics = run_demo(out, cfg, progress=not args.quiet)
     m, lin, mean = metrics["model"], metrics["linear_baseline"], metrics["mean_baseline"]
