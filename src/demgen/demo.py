@@ -112,6 +112,7 @@ def run_demo(
         lr=config.lr,
         chip_size=config.chip_size,
     )
+    _quiet_lightning()
     ckpt_cb = ModelCheckpoint(
         dirpath=out / "checkpoints", monitor="val_mae_m", mode="min", save_top_k=1, save_last=True
     )
@@ -131,7 +132,7 @@ def run_demo(
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        _quiet_lightning()
+        warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*", FutureWarning)
         t_fit = time.time()
         trainer.fit(task, datamodule=dm)
         train_seconds = time.time() - t_fit
@@ -249,6 +250,7 @@ def render_report(m: dict[str, Any]) -> str:
 
 
 def _quiet_lightning() -> None:
+    """Keep Lightning's banners (accelerator, tips) out of the demo's output."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_float32_matmul_precision("high")
