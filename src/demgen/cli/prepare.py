@@ -1,0 +1,218 @@
+"""`demgen prepare`: align imagery and DEMs (or import .npz chips) into a chip store."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from demgen.cli.common import positive_int
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST numbers, got {text!r}") from None
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three non-negative numbers, got {text!r}")
+    total = sum(parts)
+    return (parts[0] / total, parts[1] / total, parts[2] / total)
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {v}")
+    return v
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+DESCRIPTION = """\
+Align imagery and elevation onto one grid and cut them into a chip store for training.
+
+Inputs
+  --image: one multi-band raster, one file per band (Landsat-style NAME_B1.TIF ...
+  NAME_B7.TIF: single-band files sharing a stem form one scene, bands named by the
+  suffix), or several scenes. GeoTIFF, COG or VRT, any CRS, resolution and dtype.
+  --bands picks bands by description/suffix (B4,B3,B2) or 1-based index (4,3,2); they are
+  recorded by name. --dem: one or more DEM/DSM/DTM rasters in any CRS (mosaicked: the
+  first valid one wins). --extra: refinement layers (initial DSM, second ortho,
+  triangulation error), warped bilinearly and stored as extra.npy. --cloud-mask: rasters
+  whose non-zero pixels are clouds. --npz imports earlier chip arrays without
+  georeferencing (image (N,H,W,C) or (N,C,H,W) and DEM (N,H,W); keys detected, or
+  --npz-keys rgb,dem); their heights are recorded as "relative" (unitless).
+
+Alignment and masks
+  Everything is warped with rasterio onto the DEM's grid (--grid dem, default), the
+  image's (--grid image) or a new one (--crs and/or --resolution), cropped to the ground
+  both cover. Elevation is resampled bilinearly, imagery by average when shrinking 1.5x or
+  more, else bilinearly (--image-resampling), masks by nearest. Reading is windowed (one
+  chip row at a time), so memory stays bounded (a 10980 x 10980 Sentinel-2 tile fits in
+  well under 2 GB). A pixel is valid unless it is nodata in any input, NaN/inf, outside a
+  source (scene edges) or cloudy; chips with more than --max-invalid invalid pixels are
+  dropped, the rest keep their mask (invalid heights are NaN, never 0 m).
+
+Normalization (fitted on the training split only, stored in the manifest)
+  --normalize (elevation): global (to [-1, 1] by min/max, Sat2DEM), global-shift (chip
+  minimum to -1, relative heights, offset kept per chip), zscore, residual ((h - chip
+  mean) / GSF, GSF = mean per-chip standard deviation, DeepDEM). --image-normalize:
+  percentile (per-band 2-98 %% stretch), scale (fixed reflectance scale, --image-scale,
+  default from the dtype) or band-zscore. Heights are stored in metres and normalized at
+  read time, so every checkpoint can return metres. --z-unit ft converts feet (x 0.3048);
+  a DEM whose metadata says feet is refused unless --z-unit is given.
+
+Store and splits
+  STORE/manifest.json (bands, units, CRS, per-chip provenance: scene, window, transform,
+  valid fraction, height statistics; normalization; splits), image.npy (N,C,H,W),
+  elevation.npy (N,H,W float32 metres), mask.npy (N,H,W bool), read memory-mapped.
+  Splits are spatially blocked: blocks of --block x --block chips go whole to
+  train/val/test (--split, default 70,15,15, deterministic by --seed), and val/test chips
+  closer than --buffer chip widths to a training chip are excluded. --folds K also stores
+  K blocked folds. The store is built in a temporary folder and renamed at the end; an
+  existing STORE is refused unless --overwrite.
+
+Example
+  demgen prepare --image LT5_B1.TIF ... LT5_B7.TIF --dem srtm.tif --bands B3,B2,B1 \\
+      --chip-size 64 -o landsat_chips
+  demgen info landsat_chips
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="align imagery and DEMs (or import .npz chips) into a chip store with splits",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("inputs")
+    src.add_argument("--image", nargs="+", type=Path, metavar="PATH", help="image raster(s)")
+    src.add_argument("--dem", nargs="+", type=Path, metavar="PATH", help="elevation raster(s)")
+    src.add_argument("--npz", nargs="+", type=Path, metavar="FILE", help=".npz chip arrays")
+    src.add_argument("--npz-keys", type=_csv, metavar="IMG,DEM", help="array names in --npz")
+    src.add_argument("--bands", type=_csv, metavar="B4,B3,B2", help="bands by name or index")
+    src.add_argument(
+        "--extra",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="extra layers for refinement (initial DSM, ortho, error)",
+    )
+    src.add_argument(
+        "--cloud-mask",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="cloud mask raster(s): non-zero = cloud",
+    )
+    src.add_argument(
+        "--z-unit",
+        choices=("m", "ft"),
+        default=None,
+        help="unit of DEM heights (default m; ft is converted to metres)",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="STORE", help="store folder")
+    g = p.add_argument_group("grid and chips")
+    g.add_argument("--grid", choices=("dem", "image"), default="dem", help="target grid (dem)")
+    g.add_argument("--crs", help="target CRS instead (e.g. EPSG:32633)")
+    g.add_argument("--resolution", type=float, help="target pixel size in CRS units")
+    g.add_argument(
+        "--image-resampling",
+        default="auto",
+        choices=("auto", "average", "bilinear", "nearest", "cubic"),
+        help="imagery resampling (auto: average when shrinking, else bilinear)",
+    )
+    g.add_argument("--chip-size", type=positive_int, default=256, help="pixels (256)")
+    g.add_argument("--stride", type=positive_int, help="pixels between chips (chip size)")
+    g.add_argument(
+        "--max-invalid",
+        type=_fraction,
+        default=0.2,
+        help="drop chips with more invalid pixels than this fraction (0.2)",
+    )
+    n = p.add_argument_group("normalization")
+    n.add_argument(
+        "--normalize",
+        default="global",
+        choices=("global", "global-shift", "zscore", "residual"),
+        help="elevation strategy (global)",
+    )
+    n.add_argument(
+        "--image-normalize",
+        default="percentile",
+        choices=("percentile", "scale", "band-zscore"),
+        help="imagery (percentile)",
+    )
+    n.add_argument("--image-scale", type=float, help="reflectance scale (default from dtype)")
+    s = p.add_argument_group("splits")
+    s.add_argument(
+        "--split",
+        type=_fractions,
+        default=(0.7, 0.15, 0.15),
+        metavar="T,V,T",
+        help="train,val,test fractions (70,15,15)",
+    )
+    s.add_argument("--block", type=positive_int, default=4, help="chips per block side (4)")
+    s.add_argument("--buffer", type=float, default=1.0, help="chip widths of buffer (1)")
+    s.add_argument("--folds", type=int, default=0, help="also store K spatial folds (0: none)")
+    s.add_argument("--seed", type=int, default=0, help="split and sampling seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing STORE")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from demgen.data.chips import ChipStore, summary
+    from demgen.data.prepare import PrepareConfig, prepare_npz, prepare_rasters
+    from demgen.errors import InputError
+
+    if args.npz and (args.image or args.dem):
+        raise InputError("give either --npz or --image with --dem, not both")
+    if not args.npz and not (args.image and args.dem):
+        raise InputError("prepare needs --image and --dem (or --npz)")
+    cfg = PrepareConfig(
+        chip_size=args.chip_size,
+        stride=args.stride,
+        grid=args.grid,
+        crs=args.crs,
+        resolution=args.resolution,
+        bands=args.bands,
+        normalize=args.normalize,
+        image_normalize=args.image_normalize,
+        image_scale=args.image_scale,
+        image_resampling=args.image_resampling,
+        z_unit=args.z_unit,
+        max_invalid=args.max_invalid,
+        fractions=args.split,
+        block=args.block,
+        buffer=args.buffer,
+        folds=args.folds,
+        seed=args.seed,
+    )
+    t0 = time.time()
+    if args.npz:
+        out = prepare_npz(args.npz, args.out, cfg, keys=args.npz_keys, overwrite=args.overwrite)
+    else:
+        log = None if args.quiet else print
+        out = prepare_rasters(
+            args.image,
+            args.dem,
+            args.out,
+            cfg,
+            cloud_masks=args.cloud_mask,
+            extras=args.extra,
+            overwrite=args.overwrite,
+            log=log,
+        )
+    print(summary(ChipStore(out)))
+    print(f"wrote {out} in {time.time() - t0:.1f} s")
+    return 0

@@ -1,0 +1,484 @@
+"""Align imagery, elevation and masks of any CRS onto one grid, window by window.
+
+Inputs are resolved into :class:`ImageScene` objects (one multi-band raster, one file per
+band such as Landsat's ``*_B1.TIF`` ... ``*_B7.TIF``, or several of either), a target
+:class:`Grid` is chosen (the DEM's, the image's, or a given CRS and resolution, cropped to
+the ground both cover), and :class:`AlignedScene` reads any window of that grid through
+rasterio's ``WarpedVRT`` (bilinear for elevation, average or bilinear for imagery, nearest
+for masks). Only the requested window is ever warped, so memory stays bounded whatever the
+scene size.
+
+Validity of every output pixel combines each input's nodata, NaN/inf, the warp's alpha
+(pixels outside a source: scene edges) and an optional cloud mask (non-zero = cloud).
+Invalid heights are NaN; nothing is filled with 0 m.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from demgen.errors import InputError
+from demgen.io.raster import open_raster
+
+FEET_TO_METRES = 0.3048  # international foot; the US survey foot differs by 2 ppm
+_BAND_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<band>B\d+[A-Z]?)$", re.IGNORECASE)
+_FEET_WORDS = ("ft", "foot", "feet", "us survey foot", "us_survey_foot", "ftus", "us-ft")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid: CRS, affine transform and shape."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        xs = (t.c, t.c + t.a * self.width)
+        ys = (t.f, t.f + t.e * self.height)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def res(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "crs": self.crs.to_string(),
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+@dataclass
+class BandRef:
+    """One band of an image scene: file, 1-based index and name."""
+
+    path: Path
+    index: int
+    name: str
+
+
+@dataclass
+class ImageScene:
+    """The bands of one image scene (possibly spread over several files)."""
+
+    name: str
+    bands: list[BandRef] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return list(dict.fromkeys(b.path for b in self.bands))
+
+
+def _check_crs(path: Path, ds: Any) -> None:
+    if ds.crs is None:
+        raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+
+
+def image_scenes(
+    paths: Sequence[str | Path], bands: Sequence[str] | None = None
+) -> list[ImageScene]:
+    """Group image files into scenes and select bands by 1-based index or by name.
+
+    Single-band files whose names end in ``_B<n>`` and share a stem form one scene (band named
+    by that suffix); every other file is a scene of its own (bands named by their
+    descriptions, else ``band<i>``). ``bands`` entries are names (matched case-insensitively
+    to descriptions or suffixes) or 1-based indices.
+    """
+    groups: dict[str, ImageScene] = {}
+    for p in map(Path, paths):
+        with open_raster(p) as ds:
+            _check_crs(p, ds)
+            m = _BAND_SUFFIX.match(p.stem)
+            if ds.count == 1 and m:
+                key = m["stem"]
+                scene = groups.setdefault(key, ImageScene(key))
+                scene.bands.append(BandRef(p, 1, ds.descriptions[0] or m["band"].upper()))
+            else:
+                names = [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+                groups[str(p)] = ImageScene(
+                    p.stem, [BandRef(p, i + 1, n) for i, n in enumerate(names)]
+                )
+    scenes = list(groups.values())
+    for s in scenes:
+        s.bands.sort(key=lambda b: _band_sort_key(b.name))
+        if bands:
+            s.bands = [_select(s, b) for b in bands]
+    names = [[b.name for b in s.bands] for s in scenes]
+    if any(n != names[0] for n in names):
+        other = next(n for n in names if n != names[0])
+        raise InputError(
+            f"image scenes have different bands ({names[0]} vs {other}); "
+            "choose common ones with --bands"
+        )
+    return scenes
+
+
+def _band_sort_key(name: str) -> tuple[int, str]:
+    m = re.fullmatch(r"B(\d+)([A-Z]?)", name, re.IGNORECASE)
+    return (int(m[1]), m[2].upper()) if m else (10**6, name)
+
+
+def _select(scene: ImageScene, wanted: str) -> BandRef:
+    w = wanted.strip()
+    for b in scene.bands:
+        if b.name.lower() == w.lower():
+            return b
+    if w.isdigit() and 1 <= int(w) <= len(scene.bands):
+        return scene.bands[int(w) - 1]
+    have = ", ".join(b.name for b in scene.bands)
+    raise InputError(f"{scene.files[0]}: band {w!r} does not exist (bands: {have})")
+
+
+def detect_z_unit(path: str | Path) -> str | None:
+    """'ft' when the DEM's band unit or vertical CRS says feet, 'm' when metres, else None."""
+    with open_raster(path) as ds:
+        unit = (ds.units[0] or "").strip().lower() if ds.units else ""
+        wkt = ds.crs.to_wkt().lower() if ds.crs is not None else ""
+    if unit in _FEET_WORDS or "foot" in unit or "feet" in unit:
+        return "ft"
+    if "vert" in wkt and ("foot" in wkt or "feet" in wkt):
+        return "ft"
+    if unit in ("m", "metre", "meter", "metres", "meters"):
+        return "m"
+    return None
+
+
+def _footprint(path: Path, dst_crs: CRS) -> tuple[float, float, float, float]:
+    with open_raster(path) as ds:
+        _check_crs(path, ds)
+        return transform_bounds(ds.crs, dst_crs, *ds.bounds, densify_pts=21)
+
+
+def _grid_of(path: Path) -> Grid:
+    with open_raster(path) as ds:
+        _check_crs(path, ds)
+        return Grid(ds.crs, ds.transform, ds.width, ds.height)
+
+
+def _intersect(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, float] | None:
+    left, bottom = max(a[0], b[0]), max(a[1], b[1])
+    right, top = min(a[2], b[2]), min(a[3], b[3])
+    return (left, bottom, right, top) if right > left and top > bottom else None
+
+
+def _crop(grid: Grid, bounds: Sequence[float]) -> Grid | None:
+    """The part of ``grid`` (whole pixels) inside ``bounds`` (in the grid's CRS)."""
+    inv = ~grid.transform
+    cols, rows = zip(*(inv * (x, y) for x in bounds[0::2] for y in bounds[1::2]), strict=True)
+    c0 = max(0, math.floor(min(cols) + 1e-6))
+    r0 = max(0, math.floor(min(rows) + 1e-6))
+    c1 = min(grid.width, math.ceil(max(cols) - 1e-6))
+    r1 = min(grid.height, math.ceil(max(rows) - 1e-6))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    t = grid.transform * Affine.translation(c0, r0)
+    return Grid(grid.crs, t, c1 - c0, r1 - r0)
+
+
+def scene_grid(
+    scene: ImageScene,
+    dems: Sequence[str | Path],
+    *,
+    grid: str = "dem",
+    crs: str | None = None,
+    resolution: float | None = None,
+) -> Grid:
+    """The target grid of a scene, cropped to the ground covered by its image and a DEM.
+
+    ``grid='dem'`` uses the pixel grid of the DEM that overlaps the scene most, ``'image'`` the
+    image's (its first band's file), and ``crs``/``resolution`` a new north-up grid.
+    """
+    img_path = scene.bands[0].path
+    dems = [Path(d) for d in dems]
+    img_grid = _grid_of(img_path)
+    for f in scene.files[1:]:
+        g = _grid_of(f)
+        if g.crs != img_grid.crs:
+            raise InputError(f"{f}: band files of one scene must share a CRS ({img_grid.crs})")
+    if crs is not None or resolution is not None:
+        target = CRS.from_user_input(crs) if crs is not None else img_grid.crs
+        img_b = transform_bounds(img_grid.crs, target, *img_grid.bounds, densify_pts=21)
+        hits = [(d, _intersect(img_b, _footprint(d, target))) for d in dems]
+        inter = [h for _, h in hits if h is not None]
+        if not inter:
+            raise InputError(f"{img_path} and {dems[0]}: extents do not overlap")
+        b = (
+            min(h[0] for h in inter),
+            min(h[1] for h in inter),
+            max(h[2] for h in inter),
+            max(h[3] for h in inter),
+        )
+        b = _intersect(b, img_b)
+        assert b is not None
+        res = float(resolution) if resolution is not None else img_grid.res[0]
+        left, top = math.floor(b[0] / res) * res, math.ceil(b[3] / res) * res
+        width = max(1, math.ceil((b[2] - left) / res - 1e-9))
+        height = max(1, math.ceil((top - b[1]) / res - 1e-9))
+        return Grid(target, Affine(res, 0, left, 0, -res, top), width, height)
+    if grid == "image":
+        cover = []
+        for d in dems:
+            hit = _intersect(img_grid.bounds, _footprint(d, img_grid.crs))
+            if hit is not None:
+                cover.append(hit)
+        if not cover:
+            raise InputError(f"{img_path} and {dems[0]}: extents do not overlap")
+        b = (
+            min(h[0] for h in cover),
+            min(h[1] for h in cover),
+            max(h[2] for h in cover),
+            max(h[3] for h in cover),
+        )
+        out = _crop(img_grid, b)
+    elif grid == "dem":
+        best, best_area = None, 0.0
+        for d in dems:
+            g = _grid_of(d)
+            hit = _intersect(
+                g.bounds, transform_bounds(img_grid.crs, g.crs, *img_grid.bounds, densify_pts=21)
+            )
+            area = (hit[2] - hit[0]) * (hit[3] - hit[1]) if hit else 0.0
+            if hit and area > best_area:
+                best, best_area = (g, hit), area
+        if best is None:
+            raise InputError(f"{img_path} and {dems[0]}: extents do not overlap")
+        out = _crop(*best)
+    else:
+        raise InputError(f"unknown grid {grid!r} (dem or image)")
+    if out is None:
+        raise InputError(f"{img_path} and {dems[0]}: extents overlap by less than one pixel")
+    return out
+
+
+def image_resampling(src_res: float, dst_res: float, method: str = "auto") -> Resampling:
+    """``average`` when shrinking by 1.5x or more, else ``bilinear`` (or the named method)."""
+    if method != "auto":
+        return Resampling[method]
+    return Resampling.average if dst_res >= 1.5 * src_res else Resampling.bilinear
+
+
+class _Layer:
+    """One input file warped to the target grid (or read directly when already on it)."""
+
+    def __init__(self, path: Path, ds: Any, grid: Grid, resampling: Resampling) -> None:
+        self.path = path
+        self.ds = ds
+        self.nodata = ds.nodata
+        self.direct = (
+            ds.crs == grid.crs
+            and (ds.width, ds.height) == (grid.width, grid.height)
+            and all(
+                abs(a - b) < 1e-6 * grid.res[0]
+                for a, b in zip(ds.transform[:6], grid.transform[:6], strict=True)
+            )
+        )
+        self.offset = (0, 0)
+        if not self.direct and ds.crs == grid.crs:
+            # Same CRS and resolution on an aligned pixel grid: read a window, no warping.
+            t, g = ds.transform, grid.transform
+            col, row = (~t) * (g.c, g.f)
+            if (
+                abs(t.a - g.a) < 1e-9 * abs(g.a)
+                and abs(t.e - g.e) < 1e-9 * abs(g.e)
+                and abs(col - round(col)) < 1e-6
+                and abs(row - round(row)) < 1e-6
+                and t.b == 0
+                and t.d == 0
+                and g.b == 0
+                and g.d == 0
+            ):
+                self.direct, self.offset = True, (round(row), round(col))
+        self.vrt = None
+        if not self.direct:
+            self.vrt = WarpedVRT(
+                ds,
+                crs=grid.crs,
+                transform=grid.transform,
+                width=grid.width,
+                height=grid.height,
+                resampling=resampling,
+                add_alpha=True,
+            )
+
+    def read(self, bidx: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """(bands, h, w) values and (h, w) validity of ``window`` of the target grid."""
+        try:
+            if self.vrt is not None:
+                data = self.vrt.read(list(bidx), window=window)
+                valid = self.vrt.read(self.vrt.count, window=window) >= 128
+            else:
+                r, c = self.offset
+                w = Window(window.col_off + c, window.row_off + r, window.width, window.height)
+                data = self.ds.read(
+                    list(bidx), window=w, boundless=True, fill_value=self.nodata or 0
+                )
+                valid = np.ones(data.shape[1:], bool)
+                inside = (
+                    w.col_off >= 0
+                    and w.row_off >= 0
+                    and w.col_off + w.width <= self.ds.width
+                    and w.row_off + w.height <= self.ds.height
+                )
+                if not inside:
+                    rows = np.arange(w.row_off, w.row_off + w.height)
+                    cols = np.arange(w.col_off, w.col_off + w.width)
+                    valid &= ((rows >= 0) & (rows < self.ds.height))[:, None]
+                    valid &= ((cols >= 0) & (cols < self.ds.width))[None, :]
+                if self.nodata is not None and not np.isnan(self.nodata):
+                    valid &= np.all(data != self.nodata, axis=0)
+        except RasterioError as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.path}: read failed ({msg})") from exc
+        if data.dtype.kind == "f":
+            valid &= np.all(np.isfinite(data), axis=0)
+        return data, valid
+
+    def close(self) -> None:
+        if self.vrt is not None:
+            self.vrt.close()
+
+
+class AlignedScene(contextlib.AbstractContextManager):
+    """An image scene, its DEMs and optional extra layers and cloud masks on one grid.
+
+    ``read(window)`` returns ``(image (C, h, w), height (h, w) float32 metres, NaN where
+    invalid, valid (h, w) bool, extra (E, h, w) float32)``. Several DEMs are mosaicked: the
+    first one valid at a pixel wins.
+    """
+
+    def __init__(
+        self,
+        scene: ImageScene,
+        dems: Sequence[str | Path],
+        grid: Grid,
+        *,
+        z_scale: float = 1.0,
+        cloud_masks: Sequence[str | Path] = (),
+        extras: Sequence[str | Path] = (),
+        image_method: str = "auto",
+    ) -> None:
+        self.scene, self.grid, self.z_scale = scene, grid, z_scale
+        self._stack = contextlib.ExitStack()
+        try:
+            self._files: dict[Path, Any] = {}
+            self._img_layers = []
+            for f in scene.files:
+                ds = self._open(f)
+                rs = image_resampling(_res_in(ds, grid), grid.res[0], image_method)
+                layer = _Layer(f, ds, grid, rs)
+                self._img_layers.append((layer, [b.index for b in scene.bands if b.path == f]))
+            self._dems = [
+                _Layer(Path(d), self._open(Path(d)), grid, Resampling.bilinear) for d in dems
+            ]
+            self._extras = [
+                _Layer(Path(e), self._open(Path(e)), grid, Resampling.bilinear) for e in extras
+            ]
+            self._clouds = [
+                _Layer(Path(c), self._open(Path(c)), grid, Resampling.nearest) for c in cloud_masks
+            ]
+            self.image_dtype = np.result_type(
+                *[ds.dtypes[0] for ds in self._files.values()][: len(scene.files)]
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: Path) -> Any:
+        ds = self._stack.enter_context(open_raster(path))
+        _check_crs(path, ds)
+        self._files[path] = ds
+        return ds
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        h, w = int(window.height), int(window.width)
+        order = {(b.path, b.index): i for i, b in enumerate(self.scene.bands)}
+        image = np.zeros((len(self.scene.bands), h, w), self.image_dtype)
+        valid = np.ones((h, w), bool)
+        for layer, bidx in self._img_layers:
+            data, ok = layer.read(bidx, window)
+            for j, b in enumerate(bidx):
+                image[order[(layer.path, b)]] = data[j]
+            valid &= ok
+        height = np.full((h, w), np.nan, np.float32)
+        for layer in self._dems:
+            data, ok = layer.read([1], window)
+            fill = ok & np.isnan(height)
+            height[fill] = data[0][fill].astype(np.float32) * np.float32(self.z_scale)
+        valid &= np.isfinite(height)
+        extra = np.zeros((len(self._extras), h, w), np.float32)
+        for i, layer in enumerate(self._extras):
+            data, ok = layer.read([1], window)
+            extra[i] = data[0]
+            valid &= ok
+        for layer in self._clouds:
+            data, ok = layer.read([1], window)
+            valid &= ~(ok & (data[0] != 0))
+        height[~valid] = np.nan
+        return image, height, valid, extra
+
+    def close(self) -> None:
+        for layer, _ in getattr(self, "_img_layers", []):
+            layer.close()
+        for layer in [
+            *getattr(self, "_dems", []),
+            *getattr(self, "_extras", []),
+            *getattr(self, "_clouds", []),
+        ]:
+            layer.close()
+        self._stack.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _res_in(ds: Any, grid: Grid) -> float:
+    """The source pixel size expressed in the target CRS's units (approximately)."""
+    if ds.crs == grid.crs:
+        return abs(ds.transform.a)
+    b = transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
+    return (b[2] - b[0]) / ds.width
+
+
+def open_checked(path: str | Path) -> None:
+    """Open a raster and read its first block, raising InputError naming the file if broken."""
+    with open_raster(path) as ds:
+        _check_crs(Path(path), ds)
+        try:
+            ds.read(1, window=Window(0, 0, min(ds.width, 256), min(ds.height, 256)))
+        except RasterioError as exc:
+            raise InputError(f"{path}: read failed ({str(exc).strip().splitlines()[0]})") from exc
+
+
+__all__ = [
+    "AlignedScene",
+    "BandRef",
+    "FEET_TO_METRES",
+    "Grid",
+    "ImageScene",
+    "detect_z_unit",
+    "image_resampling",
+    "image_scenes",
+    "open_checked",
+    "scene_grid",
+]

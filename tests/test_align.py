@@ -1,0 +1,159 @@
+"""Alignment: a scene warped to another CRS and back through prepare lands within half a pixel;
+masks from nodata, NaN, clouds and scene edges propagate into the store."""
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import calculate_default_transform, reproject
+
+from demgen.data.align import AlignedScene, image_scenes, scene_grid
+from demgen.data.chips import ChipStore
+from demgen.data.prepare import PrepareConfig, prepare_rasters
+from demgen.data.synth import SceneConfig, generate_scene
+from demgen.io.raster import write_raster
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scene") / "s"
+    return generate_scene(d, SceneConfig(size=128, seed=5, erosion_iterations=5))
+
+
+def warp_to(src_path, dst_path, crs, resampling=Resampling.bilinear):
+    with rasterio.open(src_path) as src:
+        t, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        out = np.zeros((src.count, h, w), src.dtypes[0])
+        reproject(
+            src.read(),
+            out,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=t,
+            dst_crs=crs,
+            resampling=resampling,
+            dst_nodata=0,
+        )
+        write_raster(
+            dst_path, out, crs=crs, transform=t, nodata=0, descriptions=list(src.descriptions)
+        )
+
+
+def subpixel_shift(a, b):
+    """Least-squares (dy, dx) such that b(y, x) ~ a(y - dy, x - dx), on a smooth field."""
+    gy, gx = np.gradient(a)
+    m = np.isfinite(a) & np.isfinite(b) & np.isfinite(gx) & np.isfinite(gy)
+    A = np.stack([-gy[m], -gx[m]], axis=1)
+    sol, *_ = np.linalg.lstsq(A, (b - a)[m], rcond=None)
+    return sol
+
+
+def test_image_warped_away_and_back_lands_within_half_a_pixel(scene, tmp_path):
+    warp_to(scene / "image.tif", tmp_path / "image_4326.tif", "EPSG:4326")
+    cfg = PrepareConfig(chip_size=32, grid="dem", image_normalize="scale", max_invalid=0.5)
+    store = ChipStore(
+        prepare_rasters([tmp_path / "image_4326.tif"], [scene / "dtm.tif"], tmp_path / "st", cfg)
+    )
+    with rasterio.open(scene / "image.tif") as src:
+        orig = src.read().astype(np.float64)
+        t0 = src.transform
+    with rasterio.open(scene / "dtm.tif") as src:
+        dtm = src.read(1)
+    assert store.manifest["scenes"][0]["grid"]["crs"] == "EPSG:32633"
+    shifts = []
+    for j, chip in enumerate(store.chips):
+        r, c = chip["row"], chip["col"]
+        # chips lie exactly on the DEM's pixel grid, heights untouched
+        assert chip["transform"] == list(t0 * rasterio.Affine.translation(c, r))[:6]
+        np.testing.assert_array_equal(
+            store.elevation[j][store.mask[j]], dtm[r : r + 32, c : c + 32][store.mask[j]]
+        )
+        m = store.mask[j]
+        if m.mean() < 0.99:
+            continue
+        for b in range(4):
+            a = orig[b, r : r + 32, c : c + 32]
+            shifts.append(subpixel_shift(a, store.image[j, b].astype(np.float64)))
+    shifts = np.array(shifts)
+    assert len(shifts) >= 8
+    assert np.abs(np.median(shifts, axis=0)).max() < 0.5
+
+
+def test_dem_warped_away_and_back_matches_on_the_image_grid(scene, tmp_path):
+    warp_to(scene / "dtm.tif", tmp_path / "dtm_3857.tif", "EPSG:3857")
+    with rasterio.open(tmp_path / "dtm_3857.tif", "r+") as ds:
+        ds.nodata = None  # 0 m is a valid height here; edges come from the warp's alpha
+    img = image_scenes([scene / "image.tif"])
+    grid = scene_grid(img[0], [tmp_path / "dtm_3857.tif"], grid="image")
+    with rasterio.open(scene / "dtm.tif") as src:
+        dtm = src.read(1).astype(np.float64)
+        assert grid.crs == src.crs
+    with AlignedScene(img[0], [tmp_path / "dtm_3857.tif"], grid) as al:
+        _, h, valid, _ = al.read(rasterio.windows.Window(0, 0, grid.width, grid.height))
+    col, row = (~rasterio.open(scene / "dtm.tif").transform) * (grid.transform.c, grid.transform.f)
+    r0, c0 = round(row), round(col)
+    ref = dtm[r0 : r0 + grid.height, c0 : c0 + grid.width]
+    inner = valid.copy()
+    inner[:3], inner[-3:], inner[:, :3], inner[:, -3:] = False, False, False, False
+    dy, dx = subpixel_shift(ref, np.where(inner, h, np.nan))
+    assert abs(dy) < 0.5 and abs(dx) < 0.5
+    relief = np.ptp(ref)
+    assert np.median(np.abs(h[inner] - ref[inner])) < 0.05 * relief
+
+
+def test_masks_propagate_from_every_input(tmp_path, transform):
+    rng = np.random.default_rng(0)
+    size = 128
+    img = rng.integers(100, 3000, (3, size, size)).astype(np.uint16)
+    img[:, 0:10, 40:50] = 0  # image nodata
+    dem = rng.normal(500, 20, (size, size)).astype(np.float32)
+    dem[70:80, 70:80] = -9999.0  # DEM nodata
+    dem[100:104, 10:14] = np.nan  # NaN
+    clouds = np.zeros((size, size), np.uint8)
+    clouds[5:15, 100:110] = 1
+    write_raster(tmp_path / "img.tif", img, crs="EPSG:32633", transform=transform, nodata=0)
+    write_raster(tmp_path / "dem.tif", dem, crs="EPSG:32633", transform=transform, nodata=-9999.0)
+    write_raster(tmp_path / "cloud.tif", clouds, crs="EPSG:32633", transform=transform)
+    cfg = PrepareConfig(chip_size=32, max_invalid=0.5, block=1)
+    out = prepare_rasters(
+        [tmp_path / "img.tif"],
+        [tmp_path / "dem.tif"],
+        tmp_path / "st",
+        cfg,
+        cloud_masks=[tmp_path / "cloud.tif"],
+    )
+    st = ChipStore(out)
+    assert len(st) == 16
+    full = np.zeros((size, size), bool)
+    heights = np.full((size, size), np.inf)
+    for j, ch in enumerate(st.chips):
+        r, c = ch["row"], ch["col"]
+        full[r : r + 32, c : c + 32] = st.mask[j]
+        heights[r : r + 32, c : c + 32] = st.elevation[j]
+        assert ch["valid_fraction"] == pytest.approx(st.mask[j].mean())
+    expect = np.ones((size, size), bool)
+    expect[0:10, 40:50] = False
+    expect[70:80, 70:80] = False
+    expect[100:104, 10:14] = False
+    expect[5:15, 100:110] = False
+    np.testing.assert_array_equal(full, expect)
+    assert np.all(np.isnan(heights[~expect]))  # never filled with 0 m
+    np.testing.assert_array_equal(heights[expect], dem[expect])
+
+
+def test_scene_edges_are_masked_and_mostly_invalid_chips_dropped(tmp_path, transform):
+    size = 128
+    img = np.full((2, size, size), 1000, np.uint16)
+    write_raster(tmp_path / "img.tif", img, crs="EPSG:32633", transform=transform)
+    # the DEM covers only the left 80 columns of the image
+    dem = np.full((size, 80), 250.0, np.float32)
+    write_raster(tmp_path / "dem.tif", dem, crs="EPSG:32633", transform=transform)
+    grid = scene_grid(image_scenes([tmp_path / "img.tif"])[0], [tmp_path / "dem.tif"], grid="image")
+    assert (grid.width, grid.height) == (80, 128)  # cropped to the ground both cover
+    cfg = PrepareConfig(
+        chip_size=32, stride=16, max_invalid=0.25, grid="image", crs="EPSG:32633", resolution=10.0
+    )
+    out = prepare_rasters([tmp_path / "img.tif"], [tmp_path / "dem.tif"], tmp_path / "st", cfg)
+    st = ChipStore(out)
+    assert all(ch["valid_fraction"] >= 0.75 for ch in st.chips)
+    assert st.manifest["stride"] == 16
