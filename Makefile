@@ -23,6 +23,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	@command -v chromium >/dev/null 2>&1 \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "chromium unavailable (could not apt-get install it): browser tests will skip"
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from demgen import __version__
-from demgen.cli import demo, info, prepare, synth
+from demgen.cli import demo, info, prepare, synth, view
 from demgen.cli.common import EXIT_USAGE, Parser
 from demgen.errors import DemgenError
 
-SUBCOMMANDS = (synth, demo, prepare, info)
+SUBCOMMANDS = (synth, demo, view, prepare, info)
 
 
 def build_parser() -> Parser:
