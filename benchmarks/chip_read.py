@@ -1,7 +1,11 @@
-"""Chip read throughput: .npy memory maps vs one .npz per chip vs windowed GeoTIFF reads.
+"""Chip read throughput: .npy memory maps vs Zarr vs one .npz per chip vs GeoTIFF windows.
 
 Random reads of N chips (4 x 256 x 256 uint16 image plus a float32 height chip), page
-cache warm (each layout is read once before timing). Usage: python benchmarks/chip_read.py [N]
+cache warm (each layout is read once before timing). The Zarr stores (one chip per chunk,
+with zarr's default compressor and uncompressed) are measured only when ``zarr`` imports:
+it is not a demgen dependency, so install it somewhere throwaway, e.g.
+``pip install --no-deps --target /tmp/zarrlib zarr numcodecs donfig google-crc32c`` and
+run with ``PYTHONPATH=/tmp/zarrlib``. Usage: python benchmarks/chip_read.py [N]
 """
 
 from __future__ import annotations
@@ -40,6 +44,24 @@ def main(n: int = 600) -> None:
         t = from_origin(0, 0, 10, 10)
         write_raster(d / "image.tif", mosaic, crs="EPSG:32633", transform=t)
         write_raster(d / "dem.tif", mosaic_h, crs="EPSG:32633", transform=t)
+        try:
+            import zarr
+        except ImportError:
+            zarr = None
+            print("zarr is not importable: Zarr layouts skipped")
+        zarr_stores = []
+        if zarr is not None:
+            for name, kw in (("zarr default", {}), ("zarr raw", {"compressors": None})):
+                root = zarr.open_group(d / name.replace(" ", "_"), mode="w")
+                zi = root.create_array(
+                    "image", shape=img.shape, chunks=(1, 4, c, c), dtype=img.dtype, **kw
+                )
+                ze = root.create_array(
+                    "elevation", shape=hgt.shape, chunks=(1, c, c), dtype=hgt.dtype, **kw
+                )
+                zi[:], ze[:] = img, hgt
+                codecs = str(zi.compressors)
+                zarr_stores.append((f"{name}", d / name.replace(" ", "_"), codecs))
         del img, hgt, mosaic, mosaic_h
         order = rng.permutation(n)
 
@@ -61,7 +83,22 @@ def main(n: int = 600) -> None:
                     w = Window(q * c, r * c, c, c)
                     a.read(window=w).sum(), b.read(1, window=w).sum()
 
-        for name, fn in (("npy memmap", npy), ("npz per chip", npz), ("GeoTIFF windows", tif)):
+        def zarr_reader(path):
+            def read():
+                root = zarr.open_group(path, mode="r")
+                im, el = root["image"], root["elevation"]
+                for i in order:
+                    im[int(i)].sum(), el[int(i)].sum()
+
+            return read
+
+        layouts = [("npy memmap", npy)]
+        for name, path, codecs in zarr_stores:
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"{name}: compressors {codecs}, {size / 2**20:.0f} MiB on disk")
+            layouts.append((name, zarr_reader(path)))
+        layouts += [("npz per chip", npz), ("GeoTIFF windows", tif)]
+        for name, fn in layouts:
             fn()
             t0 = time.perf_counter()
             fn()

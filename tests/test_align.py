@@ -157,3 +157,24 @@ def test_scene_edges_are_masked_and_mostly_invalid_chips_dropped(tmp_path, trans
     st = ChipStore(out)
     assert all(ch["valid_fraction"] >= 0.75 for ch in st.chips)
     assert st.manifest["stride"] == 16
+
+
+def test_band_order_file_order_for_one_raster_band_number_for_per_band_files(tmp_path, transform):
+    img = np.stack([np.full((8, 8), v, np.uint16) for v in (4, 3, 2)])
+    write_raster(
+        tmp_path / "multi.tif", img, crs="EPSG:32633", transform=transform,
+        descriptions=["B4", "B3", "B2"],
+    )  # fmt: skip
+    (scene,) = image_scenes([tmp_path / "multi.tif"])
+    assert [b.name for b in scene.bands] == ["B4", "B3", "B2"]  # the file's order
+    (scene,) = image_scenes([tmp_path / "multi.tif"], ["1", "B2"])
+    assert [(b.name, b.index) for b in scene.bands] == [("B4", 1), ("B2", 3)]
+    for n in (10, 2, 1):
+        write_raster(
+            tmp_path / f"LT5_B{n}.TIF", img[0], crs="EPSG:32633", transform=transform
+        )  # fmt: skip
+    (scene,) = image_scenes(sorted(tmp_path.glob("LT5_B*.TIF")))
+    assert [b.name for b in scene.bands] == ["B1", "B2", "B10"]  # by number, not by text
+    assert [b.name for b in image_scenes(sorted(tmp_path.glob("LT5_B*.TIF")), ["3"])[0].bands] == [
+        "B10"
+    ]

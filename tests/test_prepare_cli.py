@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from rasterio.transform import from_origin
 
 from demgen.cli import main
@@ -153,6 +154,9 @@ def test_help_documents_the_options_and_no_traceback_in_a_subprocess(files):
         "--folds",
         "--max-invalid",
         "percentile",
+        "--extra",
+        "initial_dsm",
+        "--extra-heights",
     ):
         assert flag in r.stdout, flag
     r = subprocess.run(
@@ -163,3 +167,94 @@ def test_help_documents_the_options_and_no_traceback_in_a_subprocess(files):
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def extras(files, transform):
+    """An initial DSM in feet, a second ortho on a larger, shifted grid, an error layer."""
+    from demgen.io.raster import read_raster
+
+    dem = read_raster(files / "dem.tif")[0][0]
+    dsm = ((dem + 2.5) / 0.3048).astype(np.float32)
+    dsm[40:44, 50:54] = -9999.0  # its nodata
+    write_raster(
+        files / "dsm_ft.tif", dsm, crs="EPSG:32633", transform=transform, nodata=-9999.0,
+        units=["ft"],
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    ortho = rng.integers(1, 4000, (110, 120)).astype(np.uint16)  # 7 rows, 5 cols more, NW
+    ortho[7 + 70 : 7 + 73, 5 + 10 : 5 + 13] = 0  # its nodata
+    west = from_origin(transform.c - 5 * 10.0, transform.f + 7 * 10.0, 10.0, 10.0)
+    write_raster(files / "ortho.tif", ortho, crs="EPSG:32633", transform=west, nodata=0)
+    err = rng.uniform(0, 3, (96, 96)).astype(np.float32)
+    err[5:7, 80:83] = np.nan  # NaN counts as invalid too
+    write_raster(files / "err.tif", err, crs="EPSG:32633", transform=transform)
+    return dem, dsm, ortho[7 : 7 + 96, 5 : 5 + 96], err
+
+
+def test_extra_layers_land_aligned_converted_and_masked(files, extras, capsys):
+    from demgen.data.chips import ChipDataset, ChipStore
+
+    dem, dsm_ft, ortho, err = extras
+    args = prep(
+        files,
+        "--z-unit",
+        "ft",
+        "--max-invalid",
+        "0.5",
+        "--extra",
+        f"initial_dsm={files / 'dsm_ft.tif'}",
+        f"ortho2={files / 'ortho.tif'}",
+        str(files / "err.tif"),
+        dem="feet.tif",
+    )
+    assert main(args) == 0
+    st = ChipStore(files / "store")
+    m = st.manifest
+    assert m["extra_layers"] == ["initial_dsm", "ortho2", "err"]
+    kinds = [(e["name"], e["kind"], e["unit"]) for e in st.extras]
+    assert kinds[0] == ("initial_dsm", "height", "m") and st.extras[0]["source_unit"] == "ft"
+    assert kinds[1][1] == kinds[2][1] == "value" and st.extras[1]["source_unit"] is None
+    assert st.extra.shape == (len(st), 3, 32, 32) and st.extra.dtype == np.float32
+    assert len(st) == 9
+    invalid = np.zeros((96, 96), bool)
+    invalid[40:44, 50:54] = invalid[70:73, 10:13] = invalid[5:7, 80:83] = True
+    for j, ch in enumerate(st.chips):
+        w = np.s_[ch["row"] : ch["row"] + 32, ch["col"] : ch["col"] + 32]
+        ok = ~invalid[w]
+        np.testing.assert_array_equal(st.mask[j], ok)  # every extra's nodata / NaN is masked
+        # the DSM in feet became metres like the DEM (dem.tif is feet.tif in metres)
+        np.testing.assert_allclose(st.extra[j, 0][ok], dem[w][ok] + 2.5, rtol=1e-6)
+        np.testing.assert_allclose(st.elevation[j][ok], dem[w][ok], rtol=1e-6)
+        np.testing.assert_array_equal(st.extra[j, 1][ok], ortho[w][ok])  # shifted grid lands
+        np.testing.assert_array_equal(st.extra[j, 2][ok], err[w][ok])
+        assert np.all(np.isnan(st.extra[j][:, ~ok])) and np.all(np.isnan(st.elevation[j][~ok]))
+    s = ChipDataset(st, "train", extra=True)[0]
+    assert s["extra"].shape == (3, 32, 32) and bool(torch.isfinite(s["extra"]).all())
+    capsys.readouterr()
+    assert main(["info", str(files / "store")]) == 0
+    assert "extra layers: initial_dsm (height, m), ortho2 (value" in capsys.readouterr().out
+
+
+def test_extra_heights_flag_and_feet_extras_need_z_unit(files, extras, capsys, transform):
+    from demgen.data.chips import ChipStore
+
+    dem = extras[0]
+    lidar = files / "lidar.tif"
+    write_raster(lidar, dem + 1.0, crs="EPSG:32633", transform=transform)
+    assert main(prep(files, "--extra", f"lidar={lidar}", "--extra-heights", "lidar")) == 0
+    st = ChipStore(files / "store")
+    assert st.extras[0]["kind"] == "height" and st.extras[0]["source_unit"] == "m (assumed)"
+    ch = st.chips[0]
+    w = np.s_[ch["row"] : ch["row"] + 32, ch["col"] : ch["col"] + 32]
+    np.testing.assert_allclose(st.extra[0, 0], dem[w] + 1.0, rtol=1e-6)
+    capsys.readouterr()
+    # a height extra whose metadata says feet is refused without --z-unit, naming the file
+    args = prep(files, "--overwrite", "--extra", f"dsm={files / 'dsm_ft.tif'}")
+    assert main(args) == 2
+    assert "dsm_ft.tif: heights are in feet" in capsys.readouterr().err
+    # names must differ; --extra-heights must name an --extra layer
+    assert main(prep(files, "--overwrite", "--extra", str(lidar), str(lidar))) == 2
+    assert "--extra names must differ" in capsys.readouterr().err
+    assert main(prep(files, "--overwrite", "--extra", str(lidar), "--extra-heights", "x")) == 2
+    assert "--extra-heights names no --extra layer: x" in capsys.readouterr().err

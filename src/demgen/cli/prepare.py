@@ -34,6 +34,14 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _extra(text: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH`` (named by the file's stem)."""
+    name, sep, path = text.partition("=")
+    if sep and name and "/" not in name and path:
+        return name.strip(), Path(path)
+    return None, Path(text)
+
+
 DESCRIPTION = """\
 Align imagery and elevation onto one grid and cut them into a chip store for training.
 
@@ -43,11 +51,16 @@ Inputs
   suffix), or several scenes. GeoTIFF, COG or VRT, any CRS, resolution and dtype.
   --bands picks bands by description/suffix (B4,B3,B2) or 1-based index (4,3,2); they are
   recorded by name. --dem: one or more DEM/DSM/DTM rasters in any CRS (mosaicked: the
-  first valid one wins). --extra: refinement layers (initial DSM, second ortho,
-  triangulation error), warped bilinearly and stored as extra.npy. --cloud-mask: rasters
-  whose non-zero pixels are clouds. --npz imports earlier chip arrays without
-  georeferencing (image (N,H,W,C) or (N,C,H,W) and DEM (N,H,W); keys detected, or
-  --npz-keys rgb,dem); their heights are recorded as "relative" (unitless).
+  first valid one wins). --extra NAME=PATH ...: refinement layers (initial DSM, second
+  ortho, triangulation error), warped bilinearly onto the same grid and stored as
+  extra.npy, their nodata masked like any input; NAME defaults to the file's stem. Layers
+  named dsm, dtm, dem, initial_dsm, initial_dem, initial_dtm or height, or listed in
+  --extra-heights, are heights: converted by --z-unit like the DEM and stored in metres;
+  the others keep the source's values. The manifest records each layer's name, kind
+  (height or value) and unit. --cloud-mask: rasters whose non-zero pixels are clouds.
+  --npz imports earlier chip arrays without georeferencing (image (N,H,W,C) or (N,C,H,W)
+  and DEM (N,H,W); keys detected, or --npz-keys rgb,dem); their heights are recorded as
+  "relative" (unitless).
 
 Alignment and masks
   Everything is warped with rasterio onto the DEM's grid (--grid dem, default), the
@@ -70,13 +83,14 @@ Normalization (fitted on the training split only, stored in the manifest)
 
 Store and splits
   STORE/manifest.json (bands, units, CRS, per-chip provenance: scene, window, transform,
-  valid fraction, height statistics; normalization; splits), image.npy (N,C,H,W),
-  elevation.npy (N,H,W float32 metres), mask.npy (N,H,W bool), read memory-mapped.
-  Splits are spatially blocked: blocks of --block x --block chips go whole to
-  train/val/test (--split, default 70,15,15, deterministic by --seed), and val/test chips
-  closer than --buffer chip widths to a training chip are excluded. --folds K also stores
-  K blocked folds. The store is built in a temporary folder and renamed at the end; an
-  existing STORE is refused unless --overwrite.
+  valid fraction, height statistics; normalization; splits; extra layers), image.npy
+  (N,C,H,W), elevation.npy (N,H,W float32 metres), mask.npy (N,H,W bool) and extra.npy
+  (N,E,H,W float32), read memory-mapped. Splits are spatially blocked: blocks of --block
+  x --block chips (shrunk until there are at least 6 blocks) go whole to train/val/test
+  (--split, default 70,15,15, deterministic by --seed), and val/test chips closer than
+  --buffer chip widths to a training chip are excluded. --folds K also stores K blocked
+  folds. The store is built in a temporary folder and renamed at the end; an existing
+  STORE is refused unless --overwrite.
 
 Example
   demgen prepare --image LT5_B1.TIF ... LT5_B7.TIF --dem srtm.tif --bands B3,B2,B1 \\
@@ -101,10 +115,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--extra",
         nargs="+",
-        type=Path,
+        type=_extra,
         default=[],
-        metavar="PATH",
-        help="extra layers for refinement (initial DSM, ortho, error)",
+        metavar="[NAME=]PATH",
+        help="extra layers for refinement (initial_dsm=dsm.tif ortho2=b.tif err=e.tif)",
+    )
+    src.add_argument(
+        "--extra-heights",
+        type=_csv,
+        default=[],
+        metavar="NAME,...",
+        help="more --extra names holding heights (dsm, initial_dsm ... always do)",
     )
     src.add_argument(
         "--cloud-mask",
@@ -177,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.npz and (args.image or args.dem):
         raise InputError("give either --npz or --image with --dem, not both")
+    if args.npz and args.extra:
+        raise InputError("--extra needs --image and --dem (not --npz)")
     if not args.npz and not (args.image and args.dem):
         raise InputError("prepare needs --image and --dem (or --npz)")
     cfg = PrepareConfig(
@@ -197,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         buffer=args.buffer,
         folds=args.folds,
         seed=args.seed,
+        extra_names=[name or path.stem for name, path in args.extra],
+        extra_heights=args.extra_heights,
     )
     t0 = time.time()
     if args.npz:
@@ -209,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             cfg,
             cloud_masks=args.cloud_mask,
-            extras=args.extra,
+            extras=[path for _, path in args.extra],
             overwrite=args.overwrite,
             log=log,
         )

@@ -101,17 +101,20 @@ def image_scenes(
     """Group image files into scenes and select bands by 1-based index or by name.
 
     Single-band files whose names end in ``_B<n>`` and share a stem form one scene (band named
-    by that suffix); every other file is a scene of its own (bands named by their
-    descriptions, else ``band<i>``). ``bands`` entries are names (matched case-insensitively
-    to descriptions or suffixes) or 1-based indices.
+    by that suffix, ordered by band number: B2 before B10); every other file is a scene of
+    its own (bands named by their descriptions, else ``band<i>``, in the file's order).
+    ``bands`` entries are names (matched case-insensitively to descriptions or suffixes) or
+    1-based indices in that order.
     """
     groups: dict[str, ImageScene] = {}
+    per_band: set[str] = set()
     for p in map(Path, paths):
         with open_raster(p) as ds:
             _check_crs(p, ds)
             m = _BAND_SUFFIX.match(p.stem)
             if ds.count == 1 and m:
                 key = m["stem"]
+                per_band.add(key)
                 scene = groups.setdefault(key, ImageScene(key))
                 scene.bands.append(BandRef(p, 1, ds.descriptions[0] or m["band"].upper()))
             else:
@@ -120,8 +123,9 @@ def image_scenes(
                     p.stem, [BandRef(p, i + 1, n) for i, n in enumerate(names)]
                 )
     scenes = list(groups.values())
-    for s in scenes:
-        s.bands.sort(key=lambda b: _band_sort_key(b.name))
+    for key, s in groups.items():
+        if key in per_band:
+            s.bands.sort(key=lambda b: _band_sort_key(b.name))
         if bands:
             s.bands = [_select(s, b) for b in bands]
     names = [[b.name for b in s.bands] for s in scenes]
@@ -363,8 +367,10 @@ class AlignedScene(contextlib.AbstractContextManager):
     """An image scene, its DEMs and optional extra layers and cloud masks on one grid.
 
     ``read(window)`` returns ``(image (C, h, w), height (h, w) float32 metres, NaN where
-    invalid, valid (h, w) bool, extra (E, h, w) float32)``. Several DEMs are mosaicked: the
-    first one valid at a pixel wins.
+    invalid, valid (h, w) bool, extra (E, h, w) float32, NaN where invalid)``. Several DEMs
+    are mosaicked: the first one valid at a pixel wins. Extra layer ``i`` is multiplied by
+    ``extra_scales[i]`` (``z_scale`` for height layers such as an initial DSM, 1 otherwise);
+    its nodata, NaN/inf and edges make the pixel invalid like any other input.
     """
 
     def __init__(
@@ -376,9 +382,13 @@ class AlignedScene(contextlib.AbstractContextManager):
         z_scale: float = 1.0,
         cloud_masks: Sequence[str | Path] = (),
         extras: Sequence[str | Path] = (),
+        extra_scales: Sequence[float] | None = None,
         image_method: str = "auto",
     ) -> None:
         self.scene, self.grid, self.z_scale = scene, grid, z_scale
+        self.extra_scales = [1.0] * len(extras) if extra_scales is None else list(extra_scales)
+        if len(self.extra_scales) != len(extras):
+            raise ValueError("extra_scales needs one factor per extra layer")
         self._stack = contextlib.ExitStack()
         try:
             self._files: dict[Path, Any] = {}
@@ -429,12 +439,13 @@ class AlignedScene(contextlib.AbstractContextManager):
         extra = np.zeros((len(self._extras), h, w), np.float32)
         for i, layer in enumerate(self._extras):
             data, ok = layer.read([1], window)
-            extra[i] = data[0]
+            extra[i] = data[0].astype(np.float32) * np.float32(self.extra_scales[i])
             valid &= ok
         for layer in self._clouds:
             data, ok = layer.read([1], window)
             valid &= ~(ok & (data[0] != 0))
         height[~valid] = np.nan
+        extra[:, ~valid] = np.nan
         return image, height, valid, extra
 
     def close(self) -> None:

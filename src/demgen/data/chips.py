@@ -7,25 +7,36 @@ Layout of a store folder::
     image.npy       (N, C, H, W) image values as stored by the source (DN, reflectance...)
     elevation.npy   (N, H, W) float32 heights in metres (NaN where invalid)
     mask.npy        (N, H, W) bool, True where the pixel is valid
-    extra.npy       (N, E, H, W) float32 extra layers (refinement inputs), when given
+    extra.npy       (N, E, H, W) float32 extra layers (refinement inputs), when given:
+                    height layers (an initial DSM) in metres, others as the source stores
+                    them, NaN where invalid; the manifest's ``extras`` gives each one's
+                    name, kind (``height`` or ``value``) and unit
 
 Heights are stored raw (metres) and normalized at read time from the manifest, so a
-normalized target turns back into metres exactly. Arrays are written sequentially with
-plain file writes (no memory map while writing, so resident memory stays small) and read
-with ``np.load(mmap_mode="r")``: a sample is a slice of an already open map, never a file
-open.
+normalized target turns back into metres (to float32 precision) with the stored
+statistics. Arrays are written sequentially with plain file writes (no memory map while
+writing, so resident memory stays small) and read with ``np.load(mmap_mode="r")``: a
+sample is a slice of an already open map, never a file open.
 
 Storage choice, measured with ``benchmarks/chip_read.py`` on this machine (2 CPU cores,
 local disk, warm page cache): random reads of 600 chips, each a 4 x 256 x 256 uint16
-image plus a float32 height chip:
+image plus a float32 height chip (``PYTHONPATH=/tmp/zarrlib python
+benchmarks/chip_read.py``, zarr 3.1.6 installed only in a throwaway folder):
 
-- ``.npy`` memory maps (this store):           6,425 chips/s
-- one ``.npz`` file per chip (a file open each):  615 chips/s
-- windowed reads of a tiled deflate GeoTIFF:       268 chips/s
+- ``.npy`` memory maps (this store):                         6,281 chips/s
+- Zarr, one chip per chunk, default compressor (Zstd level 0):  303 chips/s
+- Zarr, one chip per chunk, uncompressed:                        753 chips/s
+- one ``.npz`` file per chip (a file open each):               1,081 chips/s
+  (615 in an earlier run: file opens vary with the machine's load)
+- windowed reads of a tiled deflate GeoTIFF:                     305 chips/s
 
-Zarr was not measured: it is not a dependency, and a chunked, compressed store pays a
-decompression per sample like the GeoTIFF case. The .npy maps are uncompressed, so a store
-takes about as much disk as the chips hold (2 bytes x bands + 5 bytes per pixel for uint16).
+Zarr pays a chunk-file open and a codec pass per chip even uncompressed, and its
+compression saved little on these (random) chips: 406 MiB against 450 MiB raw. Real
+imagery compresses better, so Zarr would cost less disk, but every read would still pay
+the decompression on the training loop's critical path; the memory maps read about 8 to 20
+times faster and need no extra dependency, so the store uses them. They are uncompressed:
+a store takes about as much disk as the chips hold (2 bytes x bands + 5 bytes per pixel
+for uint16, plus 4 bytes per pixel per extra layer).
 
 Store creation is atomic: everything is written in a temporary sibling folder renamed into
 place at the end; on any error that folder is removed.
@@ -208,6 +219,9 @@ class ChipStore:
             raise InputError(f"{mf}: unreadable manifest ({exc})") from exc
         if self.manifest.get("format") != FORMAT:
             raise InputError(f"{mf}: unknown format {self.manifest.get('format')!r}")
+        self._open_arrays()
+
+    def _open_arrays(self) -> None:
         arrays = self.manifest["arrays"]
         self.image = np.load(self.path / arrays["image"], mmap_mode="r")
         self.elevation = np.load(self.path / arrays["elevation"], mmap_mode="r")
@@ -215,6 +229,15 @@ class ChipStore:
         self.extra = (
             np.load(self.path / arrays["extra"], mmap_mode="r") if "extra" in arrays else None
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into DataLoader workers (spawn/forkserver): send the path, not the arrays
+        # (a pickled np.memmap is a full in-memory copy); the worker maps them again.
+        return {"path": self.path, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.manifest = state["path"], state["manifest"]
+        self._open_arrays()
 
     def __len__(self) -> int:
         return int(self.manifest["count"])
@@ -226,6 +249,13 @@ class ChipStore:
     @property
     def chips(self) -> list[dict[str, Any]]:
         return self.manifest["chips"]
+
+    @property
+    def extras(self) -> list[dict[str, Any]]:
+        """Name, kind ('height' or 'value') and unit of each layer of ``extra.npy``."""
+        if "extras" in self.manifest:
+            return list(self.manifest["extras"])
+        return [{"name": n, "kind": None, "unit": None} for n in self.manifest["extra_layers"]]
 
     def indices(self, split: str, fold: int | None = None) -> np.ndarray:
         """Chip indices of ``split`` ('train', 'val', 'test'), or of a k-fold's train/test."""
@@ -272,7 +302,11 @@ class ChipDataset(Dataset):
     target is 0 where it is False: losses and metrics must ignore those); ``offset`` is the
     chip's offset in metres for per-chip strategies, so ``norm.inverse(target, offset)``
     gives metres. ``augment=True`` applies a joint random rot90/flip, reproducible from
-    ``seed``, the epoch (:meth:`set_epoch`) and the index.
+    ``seed``, the epoch (:meth:`set_epoch`) and the index; with ``seed=None`` it is drawn
+    from torch's RNG instead (new every epoch, in every DataLoader worker, and governed by
+    ``torch.manual_seed``/``seed_everything``). ``extra=True`` adds ``extra``
+    (E, H, W) float32: the store's extra layers as stored (heights in metres, see
+    :attr:`ChipStore.extras`), 0 where ``mask`` is False so no NaN reaches a network.
     """
 
     def __init__(
@@ -282,7 +316,7 @@ class ChipDataset(Dataset):
         *,
         fold: int | None = None,
         augment: bool = False,
-        seed: int = 0,
+        seed: int | None = 0,
         extra: bool = False,
     ) -> None:
         self.store = store if isinstance(store, ChipStore) else ChipStore(store)
@@ -306,7 +340,10 @@ class ChipDataset(Dataset):
         if self.with_extra:
             arrs.append(np.array(s.extra[j]))
         if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, j))
+            if self.seed is None:
+                rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            else:
+                rng = np.random.default_rng((self.seed, self.epoch, j))
             arrs = _augment(arrs, int(rng.integers(4)), bool(rng.integers(2)))
         img, hgt, val = arrs[:3]
         off = float(self.offsets[j]) if np.isfinite(self.offsets[j]) else 0.0
@@ -321,7 +358,8 @@ class ChipDataset(Dataset):
             "index": torch.tensor(j),
         }
         if self.with_extra:
-            out["extra"] = torch.from_numpy(np.asarray(arrs[3], np.float32))
+            ext = np.where(val[None] & np.isfinite(arrs[3]), arrs[3], 0.0).astype(np.float32)
+            out["extra"] = torch.from_numpy(ext)
         return out
 
 
@@ -343,6 +381,12 @@ def summary(store: ChipStore) -> str:
     )
     lines.append(f"bands: {' '.join(m['bands'])}  (stored {m.get('image_dtype')})")
     lines.append(f"heights: {m.get('z_unit')}  (source unit: {m.get('z_source_unit')})")
+    if store.extra is not None:
+        parts = [
+            f"{e['name']} ({e['kind']}, {e['unit']})" if e.get("kind") else e["name"]
+            for e in store.extras
+        ]
+        lines.append("extra layers: " + ", ".join(parts))
     for kind in ("image", "elevation"):
         d = m["normalization"][kind]
         stats = {k: _short(v) for k, v in d.items() if k not in ("strategy", "bands")}

@@ -44,6 +44,17 @@ from demgen.data.normalize import (
 from demgen.data.splits import ChipPlace, blocked_split, kfold_split
 from demgen.errors import InputError
 
+# Extra layers with these names hold heights: they follow --z-unit like the DEM and are
+# stored in metres. Any other name is stored as the source's values unless listed in
+# ``PrepareConfig.extra_heights`` (--extra-heights).
+HEIGHT_EXTRAS = ("dsm", "dtm", "dem", "initial_dsm", "initial_dem", "initial_dtm", "height")
+
+
+def extra_kind(name: str, heights: Sequence[str] = ()) -> str:
+    """'height' for a height layer (a known height name or one listed in ``heights``)."""
+    low = name.lower()
+    return "height" if low in HEIGHT_EXTRAS or low in {h.lower() for h in heights} else "value"
+
 
 @dataclass
 class PrepareConfig:
@@ -68,7 +79,8 @@ class PrepareConfig:
     seed: int = 0
     samples_per_chip: int = 256  # pixels per chip kept to fit image percentiles
     min_blocks: int = 6
-    extra_names: list[str] = field(default_factory=list)
+    extra_names: list[str] = field(default_factory=list)  # default: each file's stem
+    extra_heights: list[str] = field(default_factory=list)  # more height-layer names
 
     def check(self) -> None:
         if self.normalize not in ELEVATION_STRATEGIES:
@@ -147,15 +159,28 @@ def _prepare_rasters(
         raise InputError("prepare needs --image and --dem (or --npz)")
     for p in [*images, *dems, *cloud_masks, *extras]:
         open_checked(p)
+    extra_names = [
+        cfg.extra_names[i] if i < len(cfg.extra_names) and cfg.extra_names[i] else Path(e).stem
+        for i, e in enumerate(extras)
+    ]
+    if len(set(extra_names)) != len(extra_names):
+        raise InputError(f"--extra names must differ (got {', '.join(extra_names)})")
+    unknown = {h.lower() for h in cfg.extra_heights} - {n.lower() for n in extra_names}
+    if unknown:
+        raise InputError(f"--extra-heights names no --extra layer: {', '.join(sorted(unknown))}")
+    kinds = [extra_kind(n, cfg.extra_heights) for n in extra_names]
+    height_extras = [e for e, k in zip(extras, kinds, strict=True) if k == "height"]
     z_source = cfg.z_unit
-    for d in dems:
+    for d in [*dems, *height_extras]:
         found = detect_z_unit(d)
         if found == "ft" and cfg.z_unit is None:
             raise InputError(
                 f"{d}: heights are in feet by its metadata; pass --z-unit ft to convert"
             )
-        z_source = z_source or found
+        if d in dems:
+            z_source = z_source or found
     z_scale = FEET_TO_METRES if cfg.z_unit == "ft" else 1.0
+    extra_scales = [z_scale if k == "height" else 1.0 for k in kinds]
     scenes = image_scenes(images, cfg.bands)
     bands = [b.name for b in scenes[0].bands]
     chip = cfg.chip_size
@@ -180,6 +205,7 @@ def _prepare_rasters(
                 z_scale=z_scale,
                 cloud_masks=cloud_masks,
                 extras=extras,
+                extra_scales=extra_scales,
                 image_method=cfg.image_resampling,
             ) as aligned:
                 if writer is None:
@@ -268,9 +294,19 @@ def _prepare_rasters(
             "image_units": "stored values of the source (DN or scaled reflectance)",
             "z_unit": "m",
             "z_source_unit": cfg.z_unit or z_source or "m (assumed)",
-            "extra_layers": [
-                cfg.extra_names[i] if i < len(cfg.extra_names) else Path(e).stem
-                for i, e in enumerate(extras)
+            "extra_layers": extra_names,
+            "extras": [
+                {
+                    "name": n,
+                    "kind": k,
+                    "unit": "m" if k == "height" else "stored values of the source",
+                    "source_unit": (cfg.z_unit or detect_z_unit(e) or "m (assumed)")
+                    if k == "height"
+                    else None,
+                    "resampling": "bilinear",
+                    "file": str(e),
+                }
+                for n, k, e in zip(extra_names, kinds, extras, strict=True)
             ],
             "max_invalid": cfg.max_invalid,
             "dropped_invalid": dropped,
@@ -445,6 +481,7 @@ def prepare_npz(
             "z_unit": z_unit,
             "z_source_unit": z_unit,
             "extra_layers": [],
+            "extras": [],
             "max_invalid": cfg.max_invalid,
             "dropped_invalid": dropped,
             "area_km2": None,

@@ -1,0 +1,176 @@
+"""A LightningDataModule over a chip store written by ``demgen prepare``.
+
+:class:`ChipDataModule` takes its whole configuration as constructor arguments (so
+LightningCLI can build it from a config file) and serves the store's train/val/test splits,
+or one of its k spatial folds, as :class:`~demgen.data.chips.ChipDataset` batches::
+
+    dm = ChipDataModule("landsat_chips", batch_size=16, num_workers=4)
+    batch = next(iter(dm.train_dataloader()))
+    batch["image"]   # (B, C, H, W) float32, normalized with the training statistics
+    batch["target"]  # (B, 1, H, W) float32, normalized heights (0 where mask is False)
+    batch["mask"]    # (B, 1, H, W) bool, True where the pixel is valid
+    batch["offset"]  # (B,) float64 metres: dm.elevation_norm.inverse(target, offset) is metres
+
+Normalization comes from the store's manifest, fitted there on the training split (of the
+fold, with ``fold``). Only the training loader augments (a joint random rot90/flip of image,
+target, mask and extra layers) and shuffles; val and test are unaugmented and in store
+order, so they are deterministic. The training loader uses ``shuffle=True`` rather than a
+custom sampler, so under DDP Lightning swaps in its ``DistributedSampler``.
+
+The normalization dicts, bands and store path are in :meth:`state_dict`, which Lightning
+saves in every checkpoint; a task can also copy :attr:`normalization` and :attr:`bands`
+into its own hyperparameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from demgen.data.chips import ChipDataset, ChipStore
+
+
+class ChipDataModule(pl.LightningDataModule):
+    """Train/val/test loaders over a chip store (or its fold ``fold``).
+
+    Args:
+        store: chip store folder written by ``demgen prepare``.
+        batch_size: chips per batch (every loader).
+        num_workers: DataLoader worker processes.
+        augment: random rot90/flip of training chips (never of val/test).
+        fold: use k-fold ``fold`` of the store (``--folds``): train on its training part,
+            validate and test on its held-out part, with that fold's normalization.
+        extra: also yield the store's extra layers (``extra``, see ``ChipStore.extras``).
+        augment_seed: None (default) draws augmentations from torch's RNG, so they differ
+            every epoch and follow ``seed_everything``; an int fixes them per chip.
+        pin_memory, persistent_workers, drop_last: passed to the training DataLoader
+            (``drop_last`` only there).
+    """
+
+    def __init__(
+        self,
+        store: str,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augment: bool = True,
+        fold: int | None = None,
+        extra: bool = False,
+        augment_seed: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.store_path = str(store)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.augment, self.fold, self.extra = bool(augment), fold, bool(extra)
+        self.augment_seed = augment_seed
+        self.pin_memory, self.drop_last = bool(pin_memory), bool(drop_last)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.store = ChipStore(self.store_path)
+        if fold is not None:
+            n = len(self.store.manifest.get("folds") or [])
+            if not 0 <= fold < n:
+                raise ValueError(f"{self.store_path}: no fold {fold} (the store has {n} folds)")
+        self.datasets: dict[str, ChipDataset] = {}
+
+    # what a task needs to save with its weights ---------------------------------------------
+
+    @property
+    def bands(self) -> list[str]:
+        return self.store.bands
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """The stored normalization dicts (``image``, ``elevation``) used by every loader."""
+        return self.store._norm_dicts(self.fold)
+
+    @property
+    def image_norm(self) -> Any:
+        return self.store.image_norm(self.fold)
+
+    @property
+    def elevation_norm(self) -> Any:
+        return self.store.elevation_norm(self.fold)
+
+    @property
+    def in_channels(self) -> int:
+        n_extra = len(self.store.extras) if self.extra and self.store.extra is not None else 0
+        return len(self.bands) + n_extra
+
+    # splits -----------------------------------------------------------------------------------
+
+    def split_name(self, stage: str) -> str:
+        """The store split behind ``stage`` ('train', 'val', 'test'); folds have no val."""
+        return "test" if self.fold is not None and stage == "val" else stage
+
+    def dataset(self, stage: str) -> ChipDataset:
+        if stage not in self.datasets:
+            train = stage == "train"
+            self.datasets[stage] = ChipDataset(
+                self.store,
+                self.split_name(stage),
+                fold=self.fold,
+                augment=self.augment and train,
+                seed=self.augment_seed,
+                extra=self.extra,
+            )
+        return self.datasets[stage]
+
+    def setup(self, stage: str | None = None) -> None:
+        stages = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+        }
+        for s in stages.get(stage or "", ("train", "val", "test")):
+            self.dataset(s)
+
+    def _loader(self, stage: str) -> DataLoader:
+        train = stage == "train"
+        return DataLoader(
+            self.dataset(stage),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=self.drop_last and train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # checkpoint -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved by Lightning in every checkpoint: store, fold, bands and normalization."""
+        return {
+            "store": self.store_path,
+            "fold": self.fold,
+            "bands": self.bands,
+            "normalization": self.normalization,
+            "extras": self.store.extras if self.extra else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuse to resume on a store whose bands or normalization differ from the checkpoint."""
+        for key in ("bands", "normalization"):
+            if key in state and state[key] != self.state_dict()[key]:
+                raise ValueError(
+                    f"{self.store_path}: {key} differ from the checkpoint's "
+                    f"(trained on {state.get('store')})"
+                )
