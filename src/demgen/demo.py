@@ -39,6 +39,7 @@ class DemoConfig:
     """Sizes and budgets of the demo; ``fast()`` is the under-two-minutes variant for tests."""
 
     size: int = 512
+    pixel_size: float = 10.0
     n_train: int = 4
     n_val: int = 1
     relief: str = "hills"
@@ -81,7 +82,9 @@ def run_demo(
     # 1. A world: training and validation scenes, and a held-out scene from another seed.
     n_scenes = config.n_train + config.n_val
     log(f"1/5 synthesizing {n_scenes} scenes of {config.size} px and a held-out test scene")
-    base_cfg = SceneConfig(size=config.size, seed=config.seed, relief=config.relief)
+    base_cfg = SceneConfig(
+        size=config.size, seed=config.seed, relief=config.relief, pixel_size=config.pixel_size
+    )
     world = generate_world(out / "world", n_scenes, base_cfg, progress=progress)
     test_dir = generate_scene(
         out / "test_scene", replace(base_cfg, seed=config.test_seed), progress=progress
@@ -111,6 +114,7 @@ def run_demo(
         stem=config.stem,
         lr=config.lr,
         chip_size=config.chip_size,
+        pixel_size=config.pixel_size,
     )
     _quiet_lightning()
     ckpt_cb = ModelCheckpoint(

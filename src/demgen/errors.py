@@ -7,3 +7,9 @@ class DemgenError(Exception):
 
 class InputError(DemgenError):
     """A file or argument is missing, unreadable or inconsistent; the message names it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), for one-line reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

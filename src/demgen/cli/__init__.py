@@ -7,15 +7,18 @@ exits with code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 from demgen import __version__
-from demgen.cli import demo, info, prepare, synth, view
+from demgen.cli import demo, evaluate, export, info, predict, prepare, synth, view
 from demgen.cli.common import EXIT_USAGE, Parser
 from demgen.errors import DemgenError
 
-SUBCOMMANDS = (synth, demo, view, prepare, info)
+EXIT_INTERNAL = 1
+
+SUBCOMMANDS = (synth, prepare, info, demo, predict, evaluate, export, view)
 
 
 def build_parser() -> Parser:
@@ -49,6 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"demgen {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # permissions, full disk, missing folders: the user can fix these
+        print(f"demgen {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if os.environ.get("DEMGEN_DEBUG"):
+            raise
+        print(
+            f"demgen {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set DEMGEN_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from demgen.errors import InputError
+from demgen.errors import InputError, first_line
 
 
 @contextlib.contextmanager
@@ -134,7 +134,7 @@ def open_raster(path: str | os.PathLike) -> Iterator[rasterio.io.DatasetReader]:
     try:
         ds = rasterio.open(path)
     except RasterioIOError as exc:
-        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from exc
     with ds:
         yield ds
 
@@ -158,7 +158,7 @@ def read_raster(
         try:
             arr = ds.read(idx, window=window)
         except RasterioIOError as exc:
-            raise InputError(f"{path}: read failed ({_first_line(exc)})") from exc
+            raise InputError(f"{path}: read failed ({first_line(exc)})") from exc
         profile = dict(ds.profile)
         profile["descriptions"] = [ds.descriptions[i - 1] for i in idx]
         if window is not None:
@@ -181,5 +181,23 @@ def same_grid(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-6) -> bool:
     return all(abs(x - y) <= tol * px for x, y in zip(ta[:6], tb[:6], strict=True))
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def write_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike) -> Path:
+    """Copy a GeoTIFF to a Cloud-Optimized GeoTIFF (deflate, internal overviews), atomically."""
+    from rasterio.shutil import copy as rio_copy
+
+    with atomic_path(dst_path) as tmp:
+        rio_copy(
+            src_path, tmp, driver="COG", COMPRESS="DEFLATE", OVERVIEWS="AUTO",
+            OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER",
+        )  # fmt: skip
+    return Path(dst_path)
+
+
+def pixel_size_metres(ds: rasterio.io.DatasetReader) -> float:
+    """Pixel side in metres (geometric mean of x and y); degrees are converted at the centre."""
+    px = (abs(ds.transform.a) + abs(ds.transform.e)) / 2.0
+    if ds.crs is not None and ds.crs.is_geographic:
+        lat = (ds.bounds.top + ds.bounds.bottom) / 2.0
+        return px * 111_320.0 * float(np.cos(np.radians(lat))) ** 0.5
+    factor = ds.crs.linear_units_factor[1] if ds.crs is not None else 1.0
+    return px * factor

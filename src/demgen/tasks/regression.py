@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 
-from demgen.data.normalize import ElevationNorm, ImageNorm
+from demgen.data.normalize import norm_from_dict
 from demgen.models.unet import UNet
 
 
@@ -35,6 +35,7 @@ class DEMRegressionTask(L.LightningModule):
         loss: str = "l1",
         chip_size: int = 128,
         target: str = "dtm",
+        pixel_size: float | None = None,
         channels_last: bool = True,
         lr_patience: int = 2,
     ) -> None:
@@ -42,8 +43,8 @@ class DEMRegressionTask(L.LightningModule):
         if loss not in ("l1", "mse", "huber"):
             raise ValueError(f"loss must be l1, mse or huber, got {loss!r}")
         self.save_hyperparameters()
-        self.image_norm = ImageNorm.from_dict(image_norm)
-        self.elevation_norm = ElevationNorm.from_dict(elevation_norm)
+        self.image_norm = norm_from_dict(image_norm)
+        self.elevation_norm = norm_from_dict(elevation_norm)
         self.model = UNet(
             len(self.image_norm.bands), 1, base=base, depth=depth, stem=stem, max_width=max_width
         )
@@ -90,8 +91,12 @@ class DEMRegressionTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        pred = self.elevation_norm.inverse(self(batch["image"]).float())
-        true = self.elevation_norm.inverse(batch["target"])
+        # Per-chip normalizations (global-shift) carry each chip's offset in metres.
+        offset = batch.get("offset")
+        if offset is not None:
+            offset = offset.view(-1, 1, 1, 1).float()
+        pred = self.elevation_norm.inverse(self(batch["image"]).float(), offset)
+        true = self.elevation_norm.inverse(batch["target"], offset)
         m = batch["mask"]
         if m.any():
             self.val_mae.update(pred[m], true[m])

@@ -268,3 +268,38 @@ def learning_curves(csv_path: str | Path, out_png: str | Path, *, title: str = "
             ax.legend(fontsize=8)
     fig.suptitle(title or f"Learning curves ({Path(csv_path).parent.name or csv_path})")
     return _save(fig, out_png)
+
+
+def evaluation_figure(
+    path: str | Path,
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    pixel_size: float | tuple[float, float],
+    *,
+    title: str = "",
+) -> Path:
+    """Predicted and reference relief side by side, the error map and the error histogram."""
+    px = _pair(pixel_size)
+    err = prediction - reference
+    finite = err[np.isfinite(err)]
+    vmin, vmax = float(np.nanmin(reference)), float(np.nanmax(reference))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8), constrained_layout=True)
+    for ax, dem, name in ((axes[0], prediction, "Prediction"), (axes[1], reference, "Reference")):
+        im = draw_relief(ax, dem, px, vmin=vmin, vmax=vmax)
+        ax.set_title(f"{name} (hillshade + height)")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="height (m)")
+    im = draw_error(axes[2], err, px)
+    axes[2].set_title("Error: prediction - reference")
+    axes[2].set_xlabel("x (km)")
+    fig.colorbar(im, ax=axes[2], shrink=0.8, label="error (m)")
+    lim = error_limit(err, 99.5)
+    axes[3].hist(np.clip(finite, -lim, lim), bins=80, color="0.35")
+    axes[3].axvline(0.0, color="k", lw=0.8)
+    axes[3].axvline(float(finite.mean()), color="tab:red", lw=1.2, label="bias")
+    axes[3].set_xlabel("error (m)")
+    axes[3].set_ylabel("pixels")
+    axes[3].set_title("Error histogram")
+    axes[3].legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path, dpi=80)
