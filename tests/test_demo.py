@@ -29,7 +29,8 @@ def demo_run(tmp_path_factory):
 def test_demo_fast_writes_everything_in_time(demo_run):
     out, stdout, elapsed = demo_run
     assert elapsed < 120, f"demo --fast took {elapsed:.0f} s"
-    for name in ("prediction.tif", "model.ckpt", "metrics.json", "report.md", "figure.png"):
+    for name in ("prediction.tif", "model.ckpt", "metrics.json", "report.md", "figure.png",
+                 "learning_curves.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     for name in ("image.tif", "dtm.tif", "dsm.tif", "landcover.tif"):
         assert (out / "test_scene" / name).exists()

@@ -31,7 +31,7 @@ from demgen.io.raster import atomic_path, read_raster, same_grid, write_text_ato
 from demgen.metrics.dem import error_stats, valid_pixels
 from demgen.precision import resolve_precision
 from demgen.tasks.regression import DEMRegressionTask
-from demgen.viz.figures import comparison_figure
+from demgen.viz.figures import comparison_figure, learning_curves
 
 
 @dataclass
@@ -162,7 +162,7 @@ def run_demo(
     metrics["total_seconds"] = round(time.time() - t0, 1)
 
     # 5. Report.
-    log("5/5 writing metrics.json, report.md and figure.png")
+    log("5/5 writing metrics.json, report.md, figure.png and learning_curves.png")
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(out / "report.md", render_report(metrics))
     pred, pprof = read_raster(pred_path, dtype=np.float32)
@@ -178,6 +178,8 @@ def run_demo(
         pixel_size=(abs(tr.a), abs(tr.e)),
         title=f"Held-out scene: model MAE {metrics['model']['mae_m']:.1f} m",
     )
+    learning_curves(out / "logs" / "metrics.csv", out / "learning_curves.png",
+                    title="demo training")  # fmt: skip
     log(f"done in {metrics['total_seconds']:.0f} s: {out.resolve()}")
     return metrics
 
