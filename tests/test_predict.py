@@ -215,3 +215,14 @@ def test_export_matches_checkpoint(tmp_path, checkpoint, fmt):
         ort = pytest.importorskip("onnxruntime")
         got = ort.InferenceSession(str(out)).run(None, {"image": x.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_inputs_without_crs_are_refused(tmp_path, checkpoint):
+    img = write_raster(tmp_path / "nocrs.tif", np.ones((4, 64, 64), np.uint16), crs=None,
+                       transform=from_origin(0, 0, 10, 10), descriptions=BANDS)  # fmt: skip
+    r = run("predict", checkpoint, img, "-o", tmp_path / "x.tif", "-q")
+    assert r.returncode == 2 and "no CRS" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.tif").exists()
+    good = _image(tmp_path)
+    r = run("evaluate", img, good)
+    assert r.returncode == 2 and "no CRS" in r.stderr
