@@ -34,6 +34,7 @@ from demgen.io.raster import (
     write_cog,
 )
 from demgen.precision import autocast_dtype, default_device, resolve_precision
+from demgen.tasks.common import DEMTask
 from demgen.tasks.regression import DEMRegressionTask
 
 NODATA = -9999.0
@@ -328,14 +329,32 @@ class _Blender:
         return float(np.mean(blended - metres[both]))
 
 
-def load_task(checkpoint: str | Path, device: str = "cpu") -> DEMRegressionTask:
-    """Load a regression checkpoint; a missing or corrupt file raises InputError."""
+def load_task(checkpoint: str | Path, device: str = "cpu") -> DEMTask:
+    """Load a task checkpoint as the class that wrote it (regression, pix2pix, drpan, ...).
+
+    The class is picked by the task name saved in the checkpoint (checkpoints without
+    one are regression). A missing or corrupt file, or an unknown task, raises InputError.
+    """
+    from demgen.tasks import task_class
+    from demgen.tasks.common import checkpoint_task
+
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise InputError(f"{checkpoint}: no such checkpoint")
     try:
-        return DEMRegressionTask.load_from_checkpoint(checkpoint, map_location=device)
+        # A demgen checkpoint holds plain config dicts besides tensors, as Lightning's do.
+        name = checkpoint_task(torch.load(checkpoint, map_location="cpu", weights_only=False))
     except Exception as exc:  # torch raises many types for a damaged file
+        raise InputError(
+            f"{checkpoint}: not a readable demgen checkpoint ({first_line(exc)})"
+        ) from exc
+    try:
+        cls = task_class(name)
+    except ValueError as exc:
+        raise InputError(f"{checkpoint}: {exc}") from exc
+    try:
+        return cls.load_from_checkpoint(checkpoint, map_location=device)
+    except Exception as exc:
         raise InputError(
             f"{checkpoint}: not a readable demgen checkpoint ({first_line(exc)})"
         ) from exc

@@ -1,31 +1,54 @@
-"""DEM regression: image -> heights with a U-Net, masked L1 loss, metrics in metres.
+"""DEM regression: image -> heights with any generator, masked losses, metrics in metres.
 
 The constructor arguments are the whole configuration and are saved in every
-checkpoint, together with the band names and the normalization statistics, so a
-checkpoint alone turns an image into metres.
+checkpoint, together with the band names, the normalization statistics and the task
+name, so a checkpoint alone turns an image into metres.
+
+The loss is a masked pixel loss (L1, MSE or Huber) plus, optionally,
+``gradient_weight`` x the gradient loss of Sat2DEM and ``ssim_weight`` x (1 - SSIM);
+see :mod:`demgen.losses`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
-from torch.nn import functional as F
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 
-from demgen.data.normalize import norm_from_dict
+from demgen.losses import PIXEL_LOSSES, gradient_loss, pixel_loss, ssim_loss
 from demgen.models.unet import UNet
+from demgen.tasks.common import DEMTask, build_generator, plateau_optimizer_config
 
 
-class DEMRegressionTask(L.LightningModule):
-    """Train a U-Net to regress normalized heights; report MAE, RMSE and bias in metres."""
+class DEMRegressionTask(DEMTask):
+    """Train a generator to regress normalized heights; report MAE, RMSE, bias, R2, SSIM in metres.
+
+    Args:
+        image_norm, elevation_norm: normalization dicts (the chip store's manifest).
+        generator: model name in :mod:`demgen.models` (``unet``, ``pix2pix``,
+            ``attention_unet``, ``resnet_unet``, ``resdepth``); built with
+            ``in_channels`` = number of bands, ``out_channels=1`` and ``generator_kwargs``.
+        generator_kwargs: the generator's constructor arguments. With ``generator="unet"``
+            and none given, ``base``, ``depth``, ``stem`` and ``max_width`` are used.
+        base, depth, stem, max_width: the default U-Net's shape.
+        lr, weight_decay: AdamW; the learning rate halves when ``val_mae_m`` has not
+            improved for ``lr_patience`` epochs (ReduceLROnPlateau).
+        loss: ``l1``, ``mse`` or ``huber`` on valid pixels.
+        gradient_weight: weight of the gradient loss (0 disables it).
+        ssim_weight: weight of the SSIM loss ``1 - SSIM`` (0 disables it).
+        chip_size, target, pixel_size: what the model was trained on (used by prediction).
+        channels_last: run convolutions in channels-last memory format.
+    """
+
+    task_name = "regression"
 
     def __init__(
         self,
         image_norm: dict[str, Any],
         elevation_norm: dict[str, Any],
         *,
+        generator: str = "unet",
+        generator_kwargs: dict[str, Any] | None = None,
         base: int = 32,
         depth: int = 4,
         stem: int = 1,
@@ -33,6 +56,8 @@ class DEMRegressionTask(L.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         loss: str = "l1",
+        gradient_weight: float = 0.0,
+        ssim_weight: float = 0.0,
         chip_size: int = 128,
         target: str = "dtm",
         pixel_size: float | None = None,
@@ -40,75 +65,41 @@ class DEMRegressionTask(L.LightningModule):
         lr_patience: int = 2,
     ) -> None:
         super().__init__()
-        if loss not in ("l1", "mse", "huber"):
+        if loss not in PIXEL_LOSSES:
             raise ValueError(f"loss must be l1, mse or huber, got {loss!r}")
         self.save_hyperparameters()
-        self.image_norm = norm_from_dict(image_norm)
-        self.elevation_norm = norm_from_dict(elevation_norm)
-        self.model = UNet(
-            len(self.image_norm.bands), 1, base=base, depth=depth, stem=stem, max_width=max_width
-        )
-        self.val_mae = MeanAbsoluteError()
-        self.val_rmse = MeanSquaredError(squared=False)
-        self.val_bias = MeanMetric()
+        self._setup(image_norm, elevation_norm)
+        if generator == "unet" and not generator_kwargs:
+            self.model = UNet(
+                self.in_channels, 1, base=base, depth=depth, stem=stem, max_width=max_width
+            )
+        else:
+            self.model = build_generator(generator, self.in_channels, generator_kwargs)
 
-    @property
-    def bands(self) -> list[str]:
-        return self.image_norm.bands
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this."""
-        return self.model.size_multiple
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized image (B, bands, H, W) -> normalized heights (B, 1, H, W)."""
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
-
-    def predict_metres(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized image -> heights in metres (float32)."""
-        return self.elevation_norm.inverse(self(x).float())
-
-    def on_fit_start(self) -> None:
-        if self.hparams.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pred, target = pred.float()[mask], target[mask]
-        if pred.numel() == 0:
-            return pred.sum() * 0.0
-        if self.hparams.loss == "l1":
-            return F.l1_loss(pred, target)
-        if self.hparams.loss == "mse":
-            return F.mse_loss(pred, target)
-        return F.smooth_l1_loss(pred, target, beta=0.05)
+    def compute_loss(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms (normalized units) and their weighted sum under ``loss``."""
+        hp = self.hparams
+        terms = {"pixel": pixel_loss(pred, target, mask, hp.loss)}
+        total = terms["pixel"]
+        if hp.gradient_weight:
+            terms["gradient"] = gradient_loss(pred, target, mask)
+            total = total + hp.gradient_weight * terms["gradient"]
+        if hp.ssim_weight:
+            terms["ssim"] = ssim_loss(pred, target, mask)
+            total = total + hp.ssim_weight * terms["ssim"]
+        terms["loss"] = total
+        return terms
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["image"]), batch["target"], batch["mask"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        # Per-chip normalizations (global-shift) carry each chip's offset in metres.
-        offset = batch.get("offset")
-        if offset is not None:
-            offset = offset.view(-1, 1, 1, 1).float()
-        pred = self.elevation_norm.inverse(self(batch["image"]).float(), offset)
-        true = self.elevation_norm.inverse(batch["target"], offset)
-        m = batch["mask"]
-        if m.any():
-            self.val_mae.update(pred[m], true[m])
-            self.val_rmse.update(pred[m], true[m])
-            self.val_bias.update(pred[m] - true[m])
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val_mae_m", self.val_mae.compute(), prog_bar=True)
-        self.log("val_rmse_m", self.val_rmse.compute())
-        self.log("val_bias_m", self.val_bias.compute())
-        for metric in (self.val_mae, self.val_rmse, self.val_bias):
-            metric.reset()
+        terms = self.compute_loss(self(batch["image"]), batch["target"], batch["mask"])
+        bs = batch["image"].shape[0]
+        self.log("train_loss", terms["loss"], prog_bar=True, batch_size=bs)
+        for name in ("gradient", "ssim"):
+            if name in terms:
+                self.log(f"train_{name}", terms[name], batch_size=bs)
+        return terms["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = torch.optim.AdamW(
@@ -117,10 +108,4 @@ class DEMRegressionTask(L.LightningModule):
             weight_decay=self.hparams.weight_decay,
             fused=True,  # one kernel over all parameters instead of a dozen ops per tensor
         )
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=0.5, patience=self.hparams.lr_patience
-        )
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {"scheduler": sched, "monitor": "val_mae_m", "interval": "epoch"},
-        }
+        return plateau_optimizer_config(opt, self.hparams.lr_patience)
