@@ -128,6 +128,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="more --extra names holding heights (dsm, initial_dsm ... always do)",
     )
     src.add_argument(
+        "--extra-gaps",
+        type=_csv,
+        default=[],
+        metavar="NAME,...",
+        help="--extra layers whose nodata are gaps (kept as NaN) rather than invalid pixels",
+    )
+    src.add_argument(
         "--cloud-mask",
         nargs="+",
         type=Path,
@@ -222,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         extra_names=[name or path.stem for name, path in args.extra],
         extra_heights=args.extra_heights,
+        extra_gaps=args.extra_gaps,
     )
     t0 = time.time()
     if args.npz:

@@ -38,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sun-azimuth", type=float, default=150.0, help="degrees from north (150)")
     p.add_argument("--sun-elevation", type=float, default=40.0, help="degrees above horizon (40)")
     p.add_argument("--clouds", type=float, default=0.0, help="cloud cover fraction 0..1 (0)")
+    p.add_argument(
+        "--stereo",
+        action="store_true",
+        help="also write refinement inputs: initial_dsm.tif (stereo-like errors, -9999 holes), "
+        "ortho2.tif (second sun and view), triangulation_error.tif, ndvi.tif",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing scene folders")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         sun_azimuth=args.sun_azimuth,
         sun_elevation=args.sun_elevation,
         cloud_cover=args.clouds,
+        stereo=args.stereo,
     )
     t0 = time.time()
     paths = generate_world(args.out_dir, args.scenes, cfg, progress=not args.quiet)

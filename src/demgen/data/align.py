@@ -370,7 +370,11 @@ class AlignedScene(contextlib.AbstractContextManager):
     invalid, valid (h, w) bool, extra (E, h, w) float32, NaN where invalid)``. Several DEMs
     are mosaicked: the first one valid at a pixel wins. Extra layer ``i`` is multiplied by
     ``extra_scales[i]`` (``z_scale`` for height layers such as an initial DSM, 1 otherwise);
-    its nodata, NaN/inf and edges make the pixel invalid like any other input.
+    A multi-band extra layer contributes all its bands, in order (:attr:`extra_band_counts`).
+    Its nodata, NaN/inf and edges make the pixel invalid like any other input, unless
+    ``extra_gaps[i]`` is True: then they are gaps of that layer alone (NaN in ``extra``,
+    e.g. the holes of a stereo DSM, which a refinement network fills) and the pixel stays
+    valid.
     """
 
     def __init__(
@@ -384,8 +388,12 @@ class AlignedScene(contextlib.AbstractContextManager):
         extras: Sequence[str | Path] = (),
         extra_scales: Sequence[float] | None = None,
         image_method: str = "auto",
+        extra_gaps: Sequence[bool] | None = None,
     ) -> None:
         self.scene, self.grid, self.z_scale = scene, grid, z_scale
+        self.extra_gaps = [False] * len(extras) if extra_gaps is None else list(extra_gaps)
+        if len(self.extra_gaps) != len(extras):
+            raise ValueError("extra_gaps needs one flag per extra layer")
         self.extra_scales = [1.0] * len(extras) if extra_scales is None else list(extra_scales)
         if len(self.extra_scales) != len(extras):
             raise ValueError("extra_scales needs one factor per extra layer")
@@ -407,6 +415,7 @@ class AlignedScene(contextlib.AbstractContextManager):
             self._clouds = [
                 _Layer(Path(c), self._open(Path(c)), grid, Resampling.nearest) for c in cloud_masks
             ]
+            self.extra_band_counts = [int(layer.ds.count) for layer in self._extras]
             self.image_dtype = np.result_type(
                 *[ds.dtypes[0] for ds in self._files.values()][: len(scene.files)]
             )
@@ -436,11 +445,17 @@ class AlignedScene(contextlib.AbstractContextManager):
             fill = ok & np.isnan(height)
             height[fill] = data[0][fill].astype(np.float32) * np.float32(self.z_scale)
         valid &= np.isfinite(height)
-        extra = np.zeros((len(self._extras), h, w), np.float32)
+        extra = np.zeros((sum(self.extra_band_counts), h, w), np.float32)
+        j = 0
         for i, layer in enumerate(self._extras):
-            data, ok = layer.read([1], window)
-            extra[i] = data[0].astype(np.float32) * np.float32(self.extra_scales[i])
-            valid &= ok
+            n = self.extra_band_counts[i]
+            data, ok = layer.read(list(range(1, n + 1)), window)
+            extra[j : j + n] = data.astype(np.float32) * np.float32(self.extra_scales[i])
+            if self.extra_gaps[i]:
+                extra[j : j + n, ~ok] = np.nan
+            else:
+                valid &= ok
+            j += n
         for layer in self._clouds:
             data, ok = layer.read([1], window)
             valid &= ~(ok & (data[0] != 0))

@@ -306,7 +306,9 @@ class ChipDataset(Dataset):
     from torch's RNG instead (new every epoch, in every DataLoader worker, and governed by
     ``torch.manual_seed``/``seed_everything``). ``extra=True`` adds ``extra``
     (E, H, W) float32: the store's extra layers as stored (heights in metres, see
-    :attr:`ChipStore.extras`), 0 where ``mask`` is False so no NaN reaches a network.
+    :attr:`ChipStore.extras`), 0 where ``mask`` is False so no NaN reaches a network, and
+    ``extra_valid`` (E, H, W) bool, False there and in a layer's own gaps (``--extra-gaps``,
+    e.g. the holes of an initial DSM, also 0 in ``extra``).
     """
 
     def __init__(
@@ -358,8 +360,9 @@ class ChipDataset(Dataset):
             "index": torch.tensor(j),
         }
         if self.with_extra:
-            ext = np.where(val[None] & np.isfinite(arrs[3]), arrs[3], 0.0).astype(np.float32)
-            out["extra"] = torch.from_numpy(ext)
+            ok = val[None] & np.isfinite(arrs[3])
+            out["extra"] = torch.from_numpy(np.where(ok, arrs[3], 0.0).astype(np.float32))
+            out["extra_valid"] = torch.from_numpy(ok)
         return out
 
 

@@ -81,6 +81,8 @@ class PrepareConfig:
     min_blocks: int = 6
     extra_names: list[str] = field(default_factory=list)  # default: each file's stem
     extra_heights: list[str] = field(default_factory=list)  # more height-layer names
+    # extra layers whose nodata are gaps of that layer (NaN in extra.npy), not invalid pixels
+    extra_gaps: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         if self.normalize not in ELEVATION_STRATEGIES:
@@ -168,6 +170,10 @@ def _prepare_rasters(
     unknown = {h.lower() for h in cfg.extra_heights} - {n.lower() for n in extra_names}
     if unknown:
         raise InputError(f"--extra-heights names no --extra layer: {', '.join(sorted(unknown))}")
+    unknown = {g.lower() for g in cfg.extra_gaps} - {n.lower() for n in extra_names}
+    if unknown:
+        raise InputError(f"--extra-gaps names no --extra layer: {', '.join(sorted(unknown))}")
+    gaps = [n.lower() in {g.lower() for g in cfg.extra_gaps} for n in extra_names]
     kinds = [extra_kind(n, cfg.extra_heights) for n in extra_names]
     height_extras = [e for e, k in zip(extras, kinds, strict=True) if k == "height"]
     z_source = cfg.z_unit
@@ -189,6 +195,7 @@ def _prepare_rasters(
     grids, places_px, samples, dropped = [], [], [], 0
     common_crs: CRS | None = None
     writer = None
+    band_counts: list[int] | None = None
     try:
         for si, scene in enumerate(scenes):
             grid = scene_grid(scene, dems, grid=cfg.grid, crs=cfg.crs, resolution=cfg.resolution)
@@ -207,14 +214,19 @@ def _prepare_rasters(
                 extras=extras,
                 extra_scales=extra_scales,
                 image_method=cfg.image_resampling,
+                extra_gaps=gaps,
             ) as aligned:
+                if band_counts is None:
+                    band_counts = aligned.extra_band_counts
+                elif aligned.extra_band_counts != band_counts:
+                    raise InputError(f"{scene.name}: extra layers' band counts changed")
                 if writer is None:
                     writer = ChipStoreWriter(
                         out,
                         chip_size=chip,
                         bands=bands,
                         image_dtype=aligned.image_dtype,
-                        n_extra=len(extras),
+                        n_extra=sum(aligned.extra_band_counts),
                         overwrite=overwrite,
                     )
                 for r0 in range(0, grid.height - chip + 1, stride):
@@ -285,6 +297,25 @@ def _prepare_rasters(
             area += (
                 len(cells) * min(stride, chip) ** 2 * _pixel_area_m2(g.crs, g.transform, lat) / 1e6
             )
+        extra_entries = []  # one per stored band; a multi-band layer NAME gives NAME_<band>
+        layers = zip(extra_names, kinds, extras, gaps, band_counts or [], strict=True)
+        for n, k, e, gap, nb in layers:
+            for b in range(nb):
+                extra_entries.append(
+                    {
+                        "name": n if nb == 1 else f"{n}_{_band_label(e, b)}",
+                        "layer": n,
+                        "band": b + 1,
+                        "kind": k,
+                        "unit": "m" if k == "height" else "stored values of the source",
+                        "source_unit": (cfg.z_unit or detect_z_unit(e) or "m (assumed)")
+                        if k == "height"
+                        else None,
+                        "resampling": "bilinear",
+                        "gaps": gap,
+                        "file": str(e),
+                    }
+                )
         manifest = {
             "created_by": f"demgen {__version__}",
             "source": "rasters",
@@ -294,20 +325,8 @@ def _prepare_rasters(
             "image_units": "stored values of the source (DN or scaled reflectance)",
             "z_unit": "m",
             "z_source_unit": cfg.z_unit or z_source or "m (assumed)",
-            "extra_layers": extra_names,
-            "extras": [
-                {
-                    "name": n,
-                    "kind": k,
-                    "unit": "m" if k == "height" else "stored values of the source",
-                    "source_unit": (cfg.z_unit or detect_z_unit(e) or "m (assumed)")
-                    if k == "height"
-                    else None,
-                    "resampling": "bilinear",
-                    "file": str(e),
-                }
-                for n, k, e in zip(extra_names, kinds, extras, strict=True)
-            ],
+            "extra_layers": [e["name"] for e in extra_entries],
+            "extras": extra_entries,
             "max_invalid": cfg.max_invalid,
             "dropped_invalid": dropped,
             "area_km2": area,
@@ -342,6 +361,13 @@ def _prepare_rasters(
     finally:
         if writer is not None and not writer.committed:
             writer.abort()
+
+
+def _band_label(path: str | Path, b: int) -> str:
+    """Band ``b`` (0-based) of a raster by its description, else its 1-based number."""
+    with rasterio.open(path) as ds:
+        desc = ds.descriptions[b] if b < len(ds.descriptions) else None
+    return str(desc) if desc else str(b + 1)
 
 
 def _chip_stats(chips: list[dict[str, Any]]) -> ChipStats:

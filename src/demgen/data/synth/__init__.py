@@ -1,6 +1,7 @@
 """Synthetic worlds: deterministic, georeferenced, Sentinel-2-like scenes over eroded terrain."""
 
 from demgen.data.synth.render import BANDS
+from demgen.data.synth.stereo import STEREO_FILES, StereoConfig, write_stereo
 from demgen.data.synth.terrain import CLASSES
 from demgen.data.synth.world import (
     RELIEFS,
@@ -17,9 +18,12 @@ __all__ = [
     "CLASSES",
     "RELIEFS",
     "SCENE_FILES",
+    "STEREO_FILES",
     "SceneConfig",
+    "StereoConfig",
     "generate_scene",
     "generate_world",
     "resolve_config",
     "validate_config",
+    "write_stereo",
 ]

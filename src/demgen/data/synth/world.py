@@ -68,6 +68,7 @@ class SceneConfig:
     erosion_iterations: int = 30
     tile: int = 512  # processing tile (memory bound)
     max_shadow_px: int = 256  # longest cast-shadow ray, pixels
+    stereo: bool = False  # also write initial_dsm.tif, ortho2.tif, triangulation_error.tif ...
 
 
 def validate_config(config: SceneConfig) -> None:
@@ -270,6 +271,10 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
                 w_cl.write(cl, 1, window=win)
                 bar.update()
 
+    if cfg.stereo:
+        from demgen.data.synth.stereo import write_stereo
+
+        write_stereo(tmp, cfg, dsm_max=dsm_max)
     total = max(1, int(counts.sum()))
     return {
         "dtm_min": dtm_min,
@@ -279,8 +284,19 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
     }
 
 
+def stereo_files() -> list[str]:
+    """Files a ``stereo=True`` scene adds (see :mod:`demgen.data.synth.stereo`)."""
+    from demgen.data.synth.stereo import STEREO_FILES, StereoConfig
+
+    return list(STEREO_FILES) + (["ndvi.tif"] if StereoConfig().ndvi else [])
+
+
 def generate_scene(out_dir: str | Path, config: SceneConfig, *, progress: bool = False) -> Path:
     """Write one scene folder (dtm.tif, dsm.tif, image.tif, landcover.tif, clouds.tif, scene.json).
+
+    With ``config.stereo`` it also holds the refinement inputs of
+    :func:`demgen.data.synth.stereo.write_stereo` (initial_dsm.tif, ortho2.tif,
+    triangulation_error.tif, ndvi.tif).
 
     The folder is built beside `out_dir` and renamed into place at the end, replacing any
     previous scene there, so an interrupted run never leaves a half-written scene.
@@ -307,7 +323,7 @@ def generate_scene(out_dir: str | Path, config: SceneConfig, *, progress: bool =
             "bands": list(BANDS),
             "band_wavelengths_nm": {"B2": 490, "B3": 560, "B4": 665, "B8": 842},
             "reflectance_scale": 10000,
-            "files": list(SCENE_FILES),
+            "files": list(SCENE_FILES) + (stereo_files() if cfg.stereo else []),
             "stats": stats,
         }
         write_text_atomic(tmp / "scene.json", json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,353 @@
+"""Residual DSM refinement (DeepDEM / ResDepth): initial DSM + images -> a better DSM or DTM.
+
+The network sees the initial DSM relative to its own chip mean and scaled by the global scale
+factor GSF, stacked with the orthoimages and optional layers, and predicts a correction::
+
+    pred_m = initial_m + GSF * network(inputs)
+
+(Stucker & Schindler 2022, "ResDepth", ISPRS J. 183, doi:10.1016/j.isprsjprs.2021.11.009;
+Stucker et al. 2022/2023 DeepDEM, which adds NDVI, triangulation error and nodata inputs and a
+DTM target). The loss is the masked L1 in metres; validation reports MAE, RMSE, bias, R2 and
+SSIM in metres and the initial DSM's MAE on the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+
+from demgen.tasks.common import DEMTask, build_generator, plateau_optimizer_config, to_metres
+
+#: The layer the correction is added to (the residual anchor).
+ANCHOR = "initial_dsm"
+#: The image bands served by the chip store as ``batch["image"]`` go by this input name.
+ORTHO1 = "ortho1"
+#: A channel that is 1 in the anchor's holes (and wherever the chip is invalid), else 0.
+NODATA_MASK = "nodata_mask"
+DEFAULT_INPUTS = (ANCHOR, ORTHO1, "ortho2", "triangulation_error", NODATA_MASK)
+#: Chips sampled from the training split to fit the z-score of value layers.
+FIT_CHIPS = 64
+
+
+def _layer_channels(extras: Sequence[dict[str, Any]], name: str) -> list[int]:
+    """Indices of the store's extra channels that make up input ``name``.
+
+    A single-band layer is matched by its ``name``; a multi-band one (``ortho2`` stored as
+    ``ortho2_B2`` ... ``ortho2_B8``) by its ``layer``.
+    """
+    idx = [i for i, e in enumerate(extras) if e.get("layer", e["name"]) == name]
+    return idx or [i for i, e in enumerate(extras) if e["name"] == name]
+
+
+def fit_input_norms(
+    store: Any, inputs: Sequence[str] = DEFAULT_INPUTS, fold: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """How each named input is normalized, fitted on the store's training split.
+
+    Strategies: ``residual`` (the anchor: ``(h - chip mean of the anchor) / GSF``),
+    ``image`` (the store's image normalization: ``ortho1`` and extra layers with as many bands
+    as the image, e.g. a second ortho of the same sensor), ``relative`` (other height layers:
+    ``(h - anchor chip mean) / GSF``), ``mask`` (``nodata_mask``) and ``zscore`` (other value
+    layers, e.g. triangulation error or NDVI: per-channel mean and std of valid training
+    pixels).
+    """
+    extras = store.extras
+    n_bands = len(store.bands)
+    train = store.indices("train", fold)
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(train, min(FIT_CHIPS, len(train)), replace=False))
+    out: dict[str, dict[str, Any]] = {}
+    for name in inputs:
+        if name == ANCHOR:
+            out[name] = {"strategy": "residual"}
+        elif name == ORTHO1:
+            out[name] = {"strategy": "image"}
+        elif name == NODATA_MASK:
+            out[name] = {"strategy": "mask"}
+        else:
+            ch = _layer_channels(extras, name)
+            if not ch:
+                have = ", ".join(e["name"] for e in extras) or "none"
+                raise ValueError(f"{store.path}: no extra layer {name!r} (extra layers: {have})")
+            if extras[ch[0]].get("kind") == "height":
+                out[name] = {"strategy": "relative"}
+            elif len(ch) == n_bands and len(ch) > 1:
+                out[name] = {"strategy": "image"}
+            else:
+                mean, std = [], []
+                for c in ch:
+                    v = np.asarray(store.extra[sample, c], np.float64)
+                    v = v[np.isfinite(v) & np.asarray(store.mask[sample], bool)]
+                    mean.append(float(v.mean()) if v.size else 0.0)
+                    std.append(float(max(v.std(), 1e-6)) if v.size else 1.0)
+                out[name] = {"strategy": "zscore", "mean": mean, "std": std}
+    return out
+
+
+def fill_gaps(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Fill the gaps of (B, 1, H, W) ``values`` from coarser and coarser block means.
+
+    Each invalid pixel takes the mean of the valid pixels of the smallest dyadic block
+    (2, 4, 8 ... pixels) around it that has any; a chip without valid pixels stays 0. A cheap
+    stand-in for the interpolated hole filling of DeepDEM's inputs, identical at inference.
+    """
+    v = torch.where(valid, values, 0.0)
+    w = valid.to(values.dtype)
+    out, have = v, valid
+    h, wd = values.shape[-2:]
+    s = 2
+    while not bool(have.all()) and s < 2 * max(h, wd):
+        num = F.avg_pool2d(v, s, s, ceil_mode=True)
+        den = F.avg_pool2d(w, s, s, ceil_mode=True)
+        est = F.interpolate(num / den.clamp(min=1e-12), scale_factor=s, mode="nearest")
+        ok = F.interpolate((den > 0).to(values.dtype), scale_factor=s, mode="nearest") > 0
+        est, ok = est[..., :h, :wd], ok[..., :h, :wd]
+        new = ~have & ok
+        out = torch.where(new, est, out)
+        have = have | new
+        s *= 2
+    return out
+
+
+class RefineTask(DEMTask):
+    """Refine an initial DSM with a residual network: ``pred = initial + GSF * net(inputs)``.
+
+    **Inputs by name.** ``inputs`` lists the stacked input layers, in channel order:
+
+    - ``initial_dsm`` (required, the anchor): the store's extra layer of that name, in metres,
+      normalized as ``(h - m) / GSF`` with ``m`` the mean of its valid pixels in the chip (the
+      anchor's own chip mean: available at inference, never the target's), its holes filled
+      from the surrounding values (:func:`fill_gaps`) before the correction is added;
+    - ``ortho1``: the store's image bands (``batch["image"]``, normalized by the store);
+    - ``nodata_mask``: 1 where the initial DSM has no value, else 0;
+    - any other name: the store's extra layer(s) of that name (``ortho2``, stored band by band
+      as ``ortho2_B2`` ...; ``triangulation_error``; ``ndvi``), normalized as ``input_norms``
+      says (see :func:`fit_input_norms`), 0 where invalid.
+
+    A batch is a :class:`~demgen.data.chips.ChipDataset` batch with ``extra=True``: ``image``,
+    ``extra`` (E, H, W) in stored units, ``extra_valid``, ``target``, ``mask`` and ``offset``.
+    ``extras`` (the store's ``ChipStore.extras``: name, layer, kind of every extra channel),
+    ``inputs`` and ``input_norms`` are constructor arguments, so every checkpoint records the
+    layer names and their normalizations and a predictor can stack inputs by name
+    (:meth:`stack_inputs`). Build one from a datamodule with :meth:`from_datamodule`.
+
+    **GSF** is the elevation normalization's metres per unit (``gsf`` of the store's
+    ``residual`` normalization, prepared with ``--normalize residual``). The target's chip
+    offset is only used to turn the training label back into metres.
+
+    Args:
+        target: ``dsm`` or ``dtm``: what the store's elevation holds (recorded for prediction).
+        generator, generator_kwargs: network from :mod:`demgen.models` (``resdepth``), built
+            with ``in_channels`` = stacked channels and ``out_channels=1``.
+        swap_orthos: training augmentation: swap ``ortho1`` and ``ortho2`` channels per chip
+            with probability 0.5 (when both are inputs with the same channel count).
+        lr, weight_decay, lr_patience: AdamW, halved on a ``val_mae_m`` plateau.
+        chip_size, pixel_size: what the model was trained on.
+    """
+
+    task_name = "refine"
+
+    def __init__(
+        self,
+        image_norm: dict[str, Any],
+        elevation_norm: dict[str, Any],
+        *,
+        extras: list[dict[str, Any]],
+        input_norms: dict[str, dict[str, Any]],
+        inputs: list[str] | None = None,
+        target: str = "dsm",
+        generator: str = "resdepth",
+        generator_kwargs: dict[str, Any] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        chip_size: int = 128,
+        pixel_size: float | None = None,
+        swap_orthos: bool = True,
+        channels_last: bool = False,
+        lr_patience: int = 2,
+    ) -> None:
+        super().__init__()
+        inputs = list(DEFAULT_INPUTS if inputs is None else inputs)
+        if target not in ("dsm", "dtm"):
+            raise ValueError(f"target must be dsm or dtm, got {target!r}")
+        if ANCHOR not in inputs:
+            raise ValueError(f"inputs must include the anchor {ANCHOR!r}, got {inputs}")
+        self.save_hyperparameters()
+        self.hparams["inputs"] = inputs
+        self._setup(image_norm, elevation_norm)
+        self.extras = [dict(e) for e in extras]
+        self.plan: list[tuple[str, str, list[int]]] = []  # (input, strategy, extra channels)
+        for name in inputs:
+            norm = input_norms.get(name)
+            if norm is None:
+                raise ValueError(f"no normalization for input {name!r} (see fit_input_norms)")
+            ch = [] if name in (ORTHO1, NODATA_MASK) else _layer_channels(self.extras, name)
+            if name not in (ORTHO1, NODATA_MASK) and not ch:
+                raise ValueError(f"input {name!r} is not among the extra layers {self.extras}")
+            self.plan.append((name, norm["strategy"], ch))
+        self.anchor_channel = _layer_channels(self.extras, ANCHOR)[0]
+        self.model = build_generator(generator, self.in_channels, generator_kwargs)
+        self.val_initial_mae = MeanMetric()
+        self.val_same_px_mae = MeanMetric()
+
+    @classmethod
+    def from_datamodule(cls, dm: Any, inputs: Sequence[str] | None = None, **kwargs: Any):
+        """A task for a :class:`~demgen.data.datamodule.ChipDataModule` (``extra=True``),
+        with the store's normalizations and extra layers and input norms fitted on its
+        training split."""
+        names = list(DEFAULT_INPUTS if inputs is None else inputs)
+        norms = dm.normalization
+        return cls(
+            norms["image"],
+            norms["elevation"],
+            extras=dm.store.extras,
+            input_norms=fit_input_norms(dm.store, names, dm.fold),
+            inputs=names,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def gsf(self) -> float:
+        """Metres per normalized unit of the residual (the global scale factor)."""
+        return float(self.elevation_norm.metres_per_unit)
+
+    @property
+    def channel_names(self) -> list[str]:
+        """Name of every stacked input channel, in order."""
+        out = []
+        for name, _, ch in self.plan:
+            if name == ORTHO1:
+                out += [f"{ORTHO1}_{b}" for b in self.bands]
+            elif name == NODATA_MASK:
+                out.append(name)
+            else:
+                out += [self.extras[c]["name"] for c in ch]
+        return out
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channel_names)
+
+    def stack_inputs(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, anchor_m, anchor_valid)``: stacked normalized inputs (B, C, H, W), the
+        initial DSM in metres with its holes filled (B, 1, H, W) and where it has a value
+        (B, 1, H, W) bool."""
+        ext = batch["extra"].float()
+        mask = batch["mask"].bool()
+        valid = batch.get("extra_valid")
+        valid = (mask & torch.isfinite(ext)) if valid is None else valid.bool() & mask
+        a = self.anchor_channel
+        anchor, av = ext[:, a : a + 1], valid[:, a : a + 1]
+        cnt = av.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+        offset = torch.where(av, anchor, 0.0).sum(dim=(2, 3), keepdim=True) / cnt
+        gsf = self.gsf
+        anchor_m = torch.where(av, anchor, offset)
+        if not bool(av.all()):
+            anchor_m = torch.where(av.any(dim=(2, 3), keepdim=True), fill_gaps(anchor, av), offset)
+        parts = []
+        for name, strategy, ch in self.plan:
+            if name == ORTHO1:
+                parts.append(batch["image"].float())
+                continue
+            if name == NODATA_MASK:
+                parts.append((~av).float())
+                continue
+            v, ok = ext[:, ch], valid[:, ch]
+            if strategy == "residual":
+                v, ok = anchor_m, torch.ones_like(ok)
+            if strategy in ("residual", "relative"):
+                z = (v - offset) / gsf
+            elif strategy == "image":
+                z = self.image_norm.apply(v)
+            elif strategy == "zscore":
+                norm = self.hparams.input_norms[name]
+                shape = (1, len(ch), 1, 1)
+                mean = torch.tensor(norm["mean"], device=v.device).view(shape)
+                std = torch.tensor(norm["std"], device=v.device).view(shape)
+                z = (v - mean) / std
+            else:
+                raise ValueError(f"unknown input normalization {strategy!r} for {name!r}")
+            parts.append(torch.where(ok, z, 0.0).float())
+        return torch.cat(parts, dim=1), anchor_m, av
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stacked normalized inputs -> the residual in GSF units (B, 1, H, W)."""
+        if self.hparams.get("channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def refine_metres(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Refined heights in metres (B, 1, H, W): initial DSM + GSF x network output."""
+        x, anchor_m, _ = self.stack_inputs(batch)
+        return anchor_m + self.gsf * self(x).float()
+
+    def predict_metres(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        raise TypeError("RefineTask needs its named inputs: use refine_metres(batch)")
+
+    # ------------------------------------------------------------------ training
+    def _swap_orthos(self, x: torch.Tensor) -> torch.Tensor:
+        """Swap the ortho1 and ortho2 channel blocks of a random half of the chips."""
+        spans, start = {}, 0
+        names = self.channel_names
+        for name, _, ch in self.plan:
+            n = len(self.bands) if name == ORTHO1 else (1 if name == NODATA_MASK else len(ch))
+            spans[name] = (start, start + n)
+            start += n
+        if ORTHO1 not in spans or "ortho2" not in spans:
+            return x
+        (a0, a1), (b0, b1) = spans[ORTHO1], spans["ortho2"]
+        if a1 - a0 != b1 - b0 or len(names) != x.shape[1]:
+            return x
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        if not flip.any():
+            return x
+        y = x.clone()
+        y[flip, a0:a1], y[flip, b0:b1] = x[flip, b0:b1], x[flip, a0:a1]
+        return y
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, anchor_m, _ = self.stack_inputs(batch)
+        if self.hparams.swap_orthos:
+            x = self._swap_orthos(x)
+        pred = anchor_m + self.gsf * self(x).float()
+        true = to_metres(self.elevation_norm, batch["target"], batch)
+        m = batch["mask"].bool()
+        loss = (pred - true).abs()[m].mean() if m.any() else pred.sum() * 0.0
+        self.log("train_loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x, anchor_m, av = self.stack_inputs(batch)
+        pred = anchor_m + self.gsf * self(x).float()
+        true = to_metres(self.elevation_norm, batch["target"], batch)
+        m = batch["mask"].bool()
+        self.val_metrics.update(pred, true, m)
+        same = m & av
+        if same.any():
+            self.val_initial_mae.update((anchor_m - true).abs()[same])
+            self.val_same_px_mae.update((pred - true).abs()[same])
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.val_initial_mae.update_count:
+            init = self.val_initial_mae.compute()
+            same = self.val_same_px_mae.compute()
+            self.log("val_initial_mae_m", init)
+            self.log("val_mae_same_px_m", same)
+            self.log("val_improvement", 1.0 - same / init.clamp(min=1e-9))
+        self.val_initial_mae.reset()
+        self.val_same_px_mae.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        return plateau_optimizer_config(opt, self.hparams.lr_patience)
