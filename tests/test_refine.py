@@ -202,3 +202,42 @@ def test_refine_beats_the_initial_dsm_on_held_out_chips(store, tmp_path):
     back.eval()
     with torch.no_grad():
         torch.testing.assert_close(back.refine_metres(b), task.refine_metres(b))
+
+
+def test_predict_refine_scene_stacks_layers_by_name(scene, store, tmp_path):
+    """With the network's output forced to 0 the refined DSM is the initial DSM: every
+    layer must have been found by name, aligned and stacked for that to hold."""
+    import subprocess
+    import sys
+
+    import lightning
+    import rasterio
+
+    dm = ChipDataModule(str(store), batch_size=2, extra=True, augment=False)
+    task = RefineTask.from_datamodule(dm, generator_kwargs={"base": 8, "depth": 2},
+                                      chip_size=CHIP)  # fmt: skip
+    for p in task.model.parameters():
+        p.data.zero_()
+    ckpt = tmp_path / "refine.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+                "demgen_task": "refine",
+                "pytorch-lightning_version": lightning.__version__}, ckpt)  # fmt: skip
+    cmd = [sys.executable, "-m", "demgen", "predict", str(ckpt), str(scene / "image.tif"),
+           "-o", str(tmp_path / "refined.tif"), "-q"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "missing" in r.stderr and "initial_dsm" in r.stderr
+    layers = [f"--layer={n}={scene / f'{n}.tif'}" for n in EXTRAS]
+    r = subprocess.run(cmd + layers, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with (
+        rasterio.open(tmp_path / "refined.tif") as out,
+        rasterio.open(scene / "initial_dsm.tif") as init,
+    ):
+        assert out.crs == init.crs and out.transform == init.transform
+        assert out.descriptions == ("dsm",)
+        got, want = out.read(1), init.read(1)
+    has = want != init.nodata
+    assert has.mean() > 0.5 and (~has).any()
+    np.testing.assert_allclose(got[has], want[has], atol=1e-2)
+    # Holes of the initial DSM are filled by the task, not written as nodata.
+    assert np.isfinite(got[~has]).all() and (got[~has] != -9999.0).all()

@@ -22,12 +22,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "normalization and training pixel size stored in the checkpoint are applied; "
             "pixels that are nodata in the input are nodata (-9999) in the output. One input: "
             "OUTPUT is the file. Several inputs or a glob: OUTPUT is a folder and each result "
-            "is OUTPUT/<input name>_dem.tif. Files appear only when complete."
+            "is OUTPUT/<input name>_dem.tif. Files appear only when complete. Refinement "
+            "checkpoints take their stacked inputs by name: INPUT is the image (ortho1) and "
+            "each other layer is --layer NAME=PATH; the error lists the names a checkpoint "
+            "needs."
         ),
     )
     p.add_argument("checkpoint", type=Path, help="model checkpoint (.ckpt) from demo or fit")
     p.add_argument("inputs", nargs="+", help="image raster(s); quoted globs are expanded")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="refinement checkpoints: a named input layer (initial_dsm, ortho2, "
+        "triangulation_error, ...); INPUT is the image (ortho1)",
+    )
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap 0..0.9 (0.25)")
     p.add_argument(
         "--window",
@@ -78,6 +89,19 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return out
 
 
+def parse_layers(items: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` items as a dict; each file must exist."""
+    layers: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise DemgenError(f"--layer expects NAME=PATH, got {item!r}")
+        if not Path(path).exists():
+            raise DemgenError(f"{path}: no such file")
+        layers[name] = Path(path)
+    return layers
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.overlap <= 0.9:
         raise DemgenError(f"--overlap must be between 0 and 0.9, got {args.overlap}")
@@ -85,13 +109,34 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint.exists():
         raise DemgenError(f"{args.checkpoint}: no such checkpoint")
 
-    from demgen.inference.scene import load_task, output_paths, predict_scene
+    from demgen.inference.scene import (
+        load_task,
+        output_paths,
+        predict_refine_scene,
+        predict_scene,
+    )
 
     outputs = output_paths(inputs, args.output)
     existing = [o for o in outputs if o.exists()]
     if existing and not args.overwrite:
         raise DemgenError(f"{existing[0]} already exists (pass --overwrite to replace it)")
     task = load_task(args.checkpoint)
+    layers = parse_layers(args.layer)
+    if getattr(task, "task_name", "") == "refine":
+        if len(inputs) != 1:
+            raise DemgenError("a refinement checkpoint takes one image; give other layers "
+                              "with --layer NAME=PATH")  # fmt: skip
+        t0 = time.time()
+        predict_refine_scene(
+            task, {"ortho1": inputs[0], **layers}, outputs[0], window=args.window,
+            overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
+            tta=args.tta, cog=args.cog, any_resolution=args.any_resolution,
+            progress=not args.quiet,
+        )  # fmt: skip
+        print(f"wrote {outputs[0]} ({time.time() - t0:.1f} s)")
+        return 0
+    if layers:
+        raise DemgenError("--layer is only for refinement checkpoints")
     for src, dst in zip(inputs, outputs, strict=True):
         t0 = time.time()
         predict_scene(

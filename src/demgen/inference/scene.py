@@ -14,6 +14,7 @@ overlap, and the output is labelled relative.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from demgen.errors import InputError, first_line
 from demgen.io.raster import (
+    bounded_gdal_cache,
     geotiff_profile,
     open_raster,
     open_writer,
@@ -35,7 +37,6 @@ from demgen.io.raster import (
 )
 from demgen.precision import autocast_dtype, default_device, resolve_precision
 from demgen.tasks.common import DEMTask
-from demgen.tasks.regression import DEMRegressionTask
 
 NODATA = -9999.0
 RESOLUTION_TOLERANCE = 0.02  # relative pixel-size mismatch accepted without --any-resolution
@@ -83,36 +84,140 @@ def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
+def _autocast(device: str, amp_dtype: torch.dtype | None):
+    return torch.autocast(
+        device_type=device.split(":")[0],
+        dtype=amp_dtype or torch.float32,
+        enabled=amp_dtype is not None,
+    )
+
+
+def _tta_runs(
+    fn, tensors: dict[str, torch.Tensor], tta: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and (with ``tta``) std over the 8 flips/rotations of ``fn(tensors)`` (B, h, w)."""
+    outs = []
+    for k in range(8) if tta else [0]:
+        out = fn({name: dihedral(t, k) for name, t in tensors.items()})
+        outs.append(dihedral_inverse(out, k))
+    stack = torch.stack(outs)
+    std = stack.std(dim=0, unbiased=False).cpu().numpy() if tta else None
+    return stack.mean(dim=0).cpu().numpy(), std
+
+
 @dataclass
-class _Runner:
-    """Runs the model on batches of DN blocks: normalization, padding, precision, TTA."""
+class _Window:
+    """What a reader returns for one window: heights in metres and where the input is bad."""
 
-    task: DEMRegressionTask
-    device: str
-    amp_dtype: torch.dtype | None
-    tta: bool
+    metres: np.ndarray
+    std: np.ndarray | None
+    invalid: np.ndarray
 
-    def __call__(self, blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Heights in normalized units (B, h, w), and their TTA std (or None)."""
+
+class _ImageReader:
+    """Reads image windows and runs an image -> heights task (regression, pix2pix, drpan)."""
+
+    def __init__(self, task, src, band_idx, device, amp_dtype, tta) -> None:
+        self.task, self.src, self.band_idx = task, src, band_idx
+        self.device, self.amp_dtype, self.tta = device, amp_dtype, tta
+        self.norm = task.elevation_norm
+        self.relative = bool(getattr(self.norm, "per_chip", False))
+
+    def __call__(self, windows: list[Window]) -> list[_Window]:
+        blocks = [self.src.read(self.band_idx, window=w) for w in windows]
         x = np.stack([self.task.image_norm.apply(b.astype(np.float32)) for b in blocks])
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        outs = [self._one(dihedral(xt, k), k) for k in (range(8) if self.tta else [0])]
-        stack = torch.stack(outs)
-        std = stack.std(dim=0, unbiased=False).cpu().numpy() if self.tta else None
-        return stack.mean(dim=0).cpu().numpy(), std
+        z, z_std = _tta_runs(lambda t: self._run(t["image"]), {"image": xt}, self.tta)
+        out = []
+        for j, blk in enumerate(blocks):
+            invalid = ~np.all(np.isfinite(blk), axis=0)
+            if self.src.nodata is not None:
+                invalid |= np.any(blk == self.src.nodata, axis=0)
+            # Relative (per-chip) models: heights up to an offset the blender decides.
+            metres = self.norm.inverse(z[j], 0.0) if self.relative else self.norm.inverse(z[j])
+            std = None if z_std is None else z_std[j] * self.norm.metres_per_unit
+            out.append(_Window(np.asarray(metres, np.float64), std, invalid))
+        return out
 
-    def _one(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         x, (h, w) = _pad_to(x, self.task.size_multiple)
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device_type=self.device.split(":")[0],
-                dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None,
-            ),
-        ):
-            z = self.task(x).float()[:, 0, :h, :w]
-        return dihedral_inverse(z, k)
+        with torch.inference_mode(), _autocast(self.device, self.amp_dtype):
+            return self.task(x).float()[:, 0, :h, :w]
+
+
+class _RefineReader:
+    """Reads the named input layers of a refinement task and returns refined heights.
+
+    ``layers`` maps each input name to an open dataset on the output grid: ``ortho1``
+    (the image, bands as the checkpoint's), and each extra layer the task stacks.
+    """
+
+    def __init__(self, task, layers, device, amp_dtype, tta) -> None:
+        self.task, self.layers = task, layers
+        self.device, self.amp_dtype, self.tta = device, amp_dtype, tta
+        self.relative = False
+        img = layers["ortho1"]
+        names = [d or f"band{i + 1}" for i, d in enumerate(img.descriptions)]
+        self.image_bands = [names.index(b) + 1 for b in task.bands]
+
+    def _extra_channel(self, e: dict, window: Window) -> np.ndarray:
+        ds = self.layers[e.get("layer", e["name"])]
+        band = 1
+        if ds.count > 1:  # a multi-band layer stored band by band (ortho2_B2 ...)
+            names = [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+            wanted = e.get("band") or e["name"].rsplit("_", 1)[-1]
+            band = names.index(wanted) + 1 if wanted in names else 1
+        a = ds.read(band, window=window).astype(np.float32)
+        if ds.nodata is not None:
+            a[a == ds.nodata] = np.nan
+        return a
+
+    def __call__(self, windows: list[Window]) -> list[_Window]:
+        task = self.task
+        needed = {e.get("layer", e["name"]) for e in task.extras} & set(self.layers)
+        images, extras, invalid = [], [], []
+        for w in windows:
+            blk = self.layers["ortho1"].read(self.image_bands, window=w).astype(np.float32)
+            ext = np.stack([
+                self._extra_channel(e, w) if e.get("layer", e["name"]) in needed
+                else np.full(blk.shape[1:], np.nan, np.float32)
+                for e in task.extras
+            ])  # fmt: skip
+            bad = ~np.all(np.isfinite(blk), axis=0)
+            nd = self.layers["ortho1"].nodata
+            if nd is not None:
+                bad |= np.any(blk == nd, axis=0)
+            # Holes of "gap" layers (the initial DSM) are filled by the task, not masked.
+            for i, e in enumerate(task.extras):
+                if e.get("layer", e["name"]) in needed and not e.get("gaps", False):
+                    bad |= ~np.isfinite(ext[i])
+            images.append(task.image_norm.apply(blk))
+            extras.append(ext)
+            invalid.append(bad)
+        t = {
+            "image": torch.from_numpy(np.stack(images)).float().to(self.device),
+            "extra": torch.from_numpy(np.stack(extras)).float().to(self.device),
+            "mask": torch.from_numpy(~np.stack(invalid))[:, None].to(self.device),
+        }
+        t["extra_valid"] = torch.isfinite(t["extra"])
+        t["extra"] = torch.nan_to_num(t["extra"], nan=0.0)
+        mean, std = _tta_runs(self._run, t, self.tta)
+        return [
+            _Window(mean[j].astype(np.float64), None if std is None else std[j], invalid[j])
+            for j in range(len(windows))
+        ]
+
+    def _run(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        h, w = t["image"].shape[-2:]
+        m = self.task.size_multiple
+        if h % m or w % m:  # pad every layer alike (edge values), crop the result
+            t = {
+                k: _pad_to(v.float(), m)[0].to(v.dtype) if v.dtype != torch.bool
+                else _pad_to(v.float(), m)[0] > 0.5
+                for k, v in t.items()
+            }  # fmt: skip
+        with torch.inference_mode(), _autocast(self.device, self.amp_dtype):
+            return self.task.refine_metres(t).float()[:, 0, :h, :w]
 
 
 def _window_rows(
@@ -123,10 +228,8 @@ def _window_rows(
         yield r, cols
 
 
-def _check_inputs(task: DEMRegressionTask, src: DatasetReader, path: Path, any_res: bool):
-    """Band indices for the model's bands; errors for missing CRS, bands or resolution."""
-    if src.crs is None:
-        raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+def _band_indices(task, src: DatasetReader, path: Path) -> list[int]:
+    """1-based indices of the model's bands in ``src``, matched by band description."""
     names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
     missing = [b for b in task.bands if b not in names]
     if missing:
@@ -134,6 +237,13 @@ def _check_inputs(task: DEMRegressionTask, src: DatasetReader, path: Path, any_r
             f"{path}: bands {missing} required by the model are not in the image "
             f"(image has {names})"
         )
+    return [names.index(b) + 1 for b in task.bands]
+
+
+def _check_grid(task, src: DatasetReader, path: Path, any_res: bool) -> None:
+    """Errors for a missing CRS, or a pixel size unlike the training data's."""
+    if src.crs is None:
+        raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
     trained = task.hparams.get("pixel_size")
     if trained and not any_res:
         px = pixel_size_metres(src)
@@ -142,7 +252,6 @@ def _check_inputs(task: DEMRegressionTask, src: DatasetReader, path: Path, any_r
                 f"{path}: pixel size {px:.2f} m differs from the model's {trained:g} m "
                 "(resample the image, or pass --any-resolution to predict anyway)"
             )
-    return [names.index(b) + 1 for b in task.bands]
 
 
 class _Reference:
@@ -171,8 +280,17 @@ class _Reference:
         return float(np.nanmean(out))
 
 
+def _prepare(task, device: str | None, precision: str):
+    device = device or default_device()
+    amp_dtype = autocast_dtype(resolve_precision(precision, device))
+    task = task.eval().to(device)
+    if task.hparams.get("channels_last", False):
+        task.model.to(memory_format=torch.channels_last)
+    return task, device, amp_dtype
+
+
 def predict_scene(
-    task: DEMRegressionTask,
+    task: DEMTask,
     image_path: str | Path,
     out_path: str | Path,
     *,
@@ -193,76 +311,136 @@ def predict_scene(
     (metres) across the 8 flips/rotations. Pixels whose input is nodata or
     non-finite are written as nodata (-9999).
     """
+    if getattr(task, "task_name", "") == "refine":
+        raise InputError(
+            "a refinement checkpoint needs its named input layers: use predict_refine_scene "
+            "(CLI: --layer NAME=PATH)"
+        )
+    task, device, amp_dtype = _prepare(task, device, precision)
+    image_path = Path(image_path)
+    with bounded_gdal_cache(), open_raster(image_path) as src:
+        _check_grid(task, src, image_path, any_resolution)
+        reader = _ImageReader(task, src, _band_indices(task, src, image_path), device,
+                              amp_dtype, tta)  # fmt: skip
+        ref = _Reference(reference, src) if reference is not None and reader.relative else None
+        return _predict(task, reader, src, out_path, window=window or 2 * task.hparams.chip_size,
+                        overlap=overlap, batch_size=batch_size, tta=tta, ref=ref, cog=cog,
+                        progress=progress)  # fmt: skip
+
+
+def predict_refine_scene(
+    task: DEMTask,
+    layers: dict[str, str | Path],
+    out_path: str | Path,
+    *,
+    window: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    precision: str = "auto",
+    device: str | None = None,
+    tta: bool = False,
+    cog: bool = False,
+    any_resolution: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Refine a DSM over a whole scene from the named layers a refinement checkpoint stacks.
+
+    ``layers`` maps input names to rasters: ``ortho1`` (the image; the output takes its
+    grid) and every extra layer the checkpoint uses (``initial_dsm``, ``ortho2``,
+    ``triangulation_error``, ...). Layers on another grid are warped onto the image's
+    (bilinear). Windows default to the training chip size, the scale of the residual
+    normalization.
+    """
+    from rasterio.vrt import WarpedVRT
+
+    needed = sorted({e.get("layer", e["name"]) for e in task.extras
+                     if e.get("layer", e["name"]) in task.hparams.inputs} | {"ortho1"})  # fmt: skip
+    missing = [n for n in needed if n not in layers]
+    if missing:
+        raise InputError(
+            f"the refinement checkpoint needs layers {needed}; missing {missing} "
+            "(pass them as NAME=PATH)"
+        )
+    task, device, amp_dtype = _prepare(task, device, precision)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(bounded_gdal_cache())
+        img_path = Path(layers["ortho1"])
+        img = stack.enter_context(open_raster(img_path))
+        _check_grid(task, img, img_path, any_resolution)
+        _band_indices(task, img, img_path)
+        opened = {"ortho1": img}
+        for name in needed:
+            if name == "ortho1":
+                continue
+            ds = stack.enter_context(open_raster(layers[name]))
+            if ds.crs is None:
+                raise InputError(f"{layers[name]}: raster has no CRS (georeferencing is required)")
+            if not (ds.crs == img.crs and ds.transform.almost_equals(img.transform)
+                    and ds.shape == img.shape):  # fmt: skip
+                ds = stack.enter_context(WarpedVRT(
+                    ds, crs=img.crs, transform=img.transform, width=img.width,
+                    height=img.height, resampling=Resampling.bilinear,
+                    src_nodata=ds.nodata, nodata=ds.nodata if ds.nodata is not None else np.nan,
+                ))  # fmt: skip
+            opened[name] = ds
+        reader = _RefineReader(task, opened, device, amp_dtype, tta)
+        return _predict(task, reader, img, out_path, window=window or task.hparams.chip_size,
+                        overlap=overlap, batch_size=batch_size, tta=tta, ref=None, cog=cog,
+                        progress=progress)  # fmt: skip
+
+
+def _predict(task, reader, grid, out_path, *, window, overlap, batch_size, tta, ref, cog,
+             progress) -> Path:  # fmt: skip
+    """Stream blended windows over ``grid`` (an open dataset) into a GeoTIFF at ``out_path``."""
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
-    image_path = Path(image_path)
-    device = device or default_device()
-    amp_dtype = autocast_dtype(resolve_precision(precision, device))
-    task = task.eval().to(device)
-    if task.hparams.channels_last:
-        task.model.to(memory_format=torch.channels_last)
-    norm = task.elevation_norm
-    relative = bool(getattr(norm, "per_chip", False))
-    if norm.strategy == "residual":
-        raise InputError(
-            "refinement checkpoints (residual normalization) are not supported by this predictor"
-        )
-    run = _Runner(task, device, amp_dtype, tta)
-
-    with open_raster(image_path) as src:
-        band_idx = _check_inputs(task, src, image_path, any_resolution)
-        ref = _Reference(reference, src) if reference is not None and relative else None
-        H, W = src.height, src.width
-        win = window or 2 * task.hparams.chip_size
-        win = min(win, H, W) if min(H, W) >= task.size_multiple else win
-        stride = max(1, int(round(win * (1 - overlap))))
-        n_out = 2 if tta else 1
-        profile = geotiff_profile(
-            width=W, height=H, count=n_out, dtype="float32",
-            crs=src.crs, transform=src.transform, nodata=NODATA,
-        )  # fmt: skip
-        absolute = not relative or ref is not None
-        label = task.hparams.target if absolute else f"relative {task.hparams.target}"
-        descriptions = [label] + (["tta_std"] if tta else [])
-        tags = {
-            "demgen_target": task.hparams.target,
-            "units": "metre",
-            "heights": "absolute" if absolute else "relative",
-        }
-        rows = list(_window_rows(H, W, win, stride))
-        bar = tqdm(total=sum(len(c) for _, c in rows), desc="predict", unit="win",
-                   disable=not progress)  # fmt: skip
-        final_path = Path(out_path)
-        # A COG is made from a finished GeoTIFF: stage that one beside the output.
-        tiff_path = final_path.with_name(f".{final_path.name}.stage.tif") if cog else final_path
-        try:
-            with open_writer(tiff_path, profile, descriptions=descriptions,
-                             units=["metre"] * n_out, tags=tags) as dst:  # fmt: skip
-                blender = _Blender(src, dst, band_idx, win, n_out, norm, relative, ref)
-                for ri, (r, cols) in enumerate(rows):
-                    blender.start_row(r)
-                    for c0 in range(0, len(cols), batch_size):
-                        batch_cols = cols[c0 : c0 + batch_size]
-                        blender.add(r, batch_cols, run)
-                        bar.update(len(batch_cols))
-                    blender.flush(rows[ri + 1][0] if ri + 1 < len(rows) else H)
-            if cog:
-                write_cog(tiff_path, final_path)
-        finally:
-            if cog:
-                tiff_path.unlink(missing_ok=True)
+    H, W = grid.height, grid.width
+    win = min(window, H, W) if min(H, W) >= task.size_multiple else window
+    stride = max(1, int(round(win * (1 - overlap))))
+    n_out = 2 if tta else 1
+    profile = geotiff_profile(
+        width=W, height=H, count=n_out, dtype="float32",
+        crs=grid.crs, transform=grid.transform, nodata=NODATA,
+    )  # fmt: skip
+    absolute = not reader.relative or ref is not None
+    target = task.hparams.target
+    descriptions = [target if absolute else f"relative {target}"] + (["tta_std"] if tta else [])
+    tags = {"demgen_target": target, "units": "metre",
+            "heights": "absolute" if absolute else "relative"}  # fmt: skip
+    rows = list(_window_rows(H, W, win, stride))
+    bar = tqdm(total=sum(len(c) for _, c in rows), desc="predict", unit="win",
+               disable=not progress)  # fmt: skip
+    final_path = Path(out_path)
+    # A COG is made from a finished GeoTIFF: stage that one beside the output.
+    tiff_path = final_path.with_name(f".{final_path.name}.stage.tif") if cog else final_path
+    try:
+        with open_writer(tiff_path, profile, descriptions=descriptions,
+                         units=["metre"] * n_out, tags=tags) as dst:  # fmt: skip
+            blender = _Blender(grid, dst, win, n_out, reader.relative, ref)
+            for ri, (r, cols) in enumerate(rows):
+                blender.start_row(r)
+                for c0 in range(0, len(cols), batch_size):
+                    batch_cols = cols[c0 : c0 + batch_size]
+                    blender.add(r, batch_cols, reader)
+                    bar.update(len(batch_cols))
+                blender.flush(rows[ri + 1][0] if ri + 1 < len(rows) else H)
+        if cog:
+            write_cog(tiff_path, final_path)
+    finally:
         bar.close()
+        if cog:
+            tiff_path.unlink(missing_ok=True)
     return final_path
 
 
 class _Blender:
     """Weighted sums of overlapping windows over one strip of rows, flushed when final."""
 
-    def __init__(self, src, dst, band_idx, win, n_out, norm, relative, ref) -> None:
-        self.src, self.dst, self.band_idx, self.win = src, dst, band_idx, win
-        self.norm, self.relative, self.ref = norm, relative, ref
+    def __init__(self, grid, dst, win, n_out, relative, ref) -> None:
+        self.grid, self.dst, self.win = grid, dst, win
+        self.relative, self.ref = relative, ref
         self.weight = blend_weight(win)
-        W = src.width
+        W = grid.width
         self.acc = np.zeros((n_out, win, W), np.float64)  # height, then TTA std
         self.wsum = np.zeros((win, W), np.float64)
         self.bad = np.zeros((win, W), bool)
@@ -278,38 +456,30 @@ class _Blender:
             self.acc[:, -shift:], self.wsum[-shift:], self.bad[-shift:] = 0, 0, False
             self.top = r
 
-    def add(self, r: int, cols: list[int], run: _Runner) -> None:
+    def add(self, r: int, cols: list[int], reader) -> None:
         """Predict the windows at row ``r`` and columns ``cols``, and blend them in."""
-        H, W, win = self.src.height, self.src.width, self.win
+        H, W, win = self.grid.height, self.grid.width, self.win
         h = min(win, H - r)
-        blocks = [
-            self.src.read(self.band_idx, window=Window(c, r, min(win, W - c), h)) for c in cols
-        ]
-        z, z_std = run(blocks)
+        windows = [Window(c, r, min(win, W - c), h) for c in cols]
         rr = r - self.top
-        for j, (c, blk) in enumerate(zip(cols, blocks, strict=True)):
-            w = blk.shape[-1]
-            invalid = ~np.all(np.isfinite(blk), axis=0)
-            if self.src.nodata is not None:
-                invalid |= np.any(blk == self.src.nodata, axis=0)
+        for c, out in zip(cols, reader(windows), strict=True):
+            w = out.metres.shape[1]
+            metres = out.metres
             if self.relative:
-                metres = self.norm.inverse(z[j], 0.0)
-                metres = metres + self._offset(metres, ~invalid, r, c)
-            else:
-                metres = self.norm.inverse(z[j])
+                metres = metres + self._offset(metres, ~out.invalid, r, c)
             wt = self.weight[:h, :w]
             self.acc[0, rr : rr + h, c : c + w] += metres * wt
-            if z_std is not None:
-                self.acc[1, rr : rr + h, c : c + w] += z_std[j] * self.norm.metres_per_unit * wt
+            if out.std is not None:
+                self.acc[1, rr : rr + h, c : c + w] += out.std * wt
             self.wsum[rr : rr + h, c : c + w] += wt
-            self.bad[rr : rr + h, c : c + w] |= invalid
+            self.bad[rr : rr + h, c : c + w] |= out.invalid
 
     def flush(self, next_r: int) -> None:
         """Write rows above ``next_r``: no later window reaches them."""
         k = next_r - self.top
         out = self.acc[:, :k] / np.maximum(self.wsum[:k], 1e-12)
         out[:, self.bad[:k]] = NODATA
-        self.dst.write(out.astype(np.float32), window=Window(0, self.top, self.src.width, k))
+        self.dst.write(out.astype(np.float32), window=Window(0, self.top, self.grid.width, k))
 
     def _offset(self, metres: np.ndarray, valid: np.ndarray, r: int, c: int) -> float:
         """The offset (m) anchoring one relative window: the reference's mean over the
@@ -318,7 +488,7 @@ class _Blender:
             return 0.0
         h, w = metres.shape
         if self.ref is not None:
-            transform = self.src.window_transform(Window(c, r, w, h))
+            transform = self.grid.window_transform(Window(c, r, w, h))
             return self.ref.window_mean(transform, (h, w)) - float(metres[valid].mean())
         rr = r - self.top
         wsum = self.wsum[rr : rr + h, c : c + w]

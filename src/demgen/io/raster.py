@@ -201,3 +201,11 @@ def pixel_size_metres(ds: rasterio.io.DatasetReader) -> float:
         return px * 111_320.0 * float(np.cos(np.radians(lat))) ** 0.5
     factor = ds.crs.linear_units_factor[1] if ds.crs is not None else 1.0
     return px * factor
+
+
+GDAL_CACHE_MB = 256  # GDAL's default block cache is 5 % of RAM: 1.2 GB on a 24 GB machine
+
+
+def bounded_gdal_cache(megabytes: int = GDAL_CACHE_MB) -> rasterio.Env:
+    """A rasterio environment whose GDAL block cache is capped, for bounded-memory streaming."""
+    return rasterio.Env(GDAL_CACHEMAX=int(megabytes))
