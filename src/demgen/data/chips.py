@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from demgen.data.augment import rot_flip
 from demgen.data.normalize import norm_from_dict
 from demgen.errors import InputError
 
@@ -283,17 +284,6 @@ class ChipStore:
         return np.array([c["z"][col] if c["z"][0] else np.nan for c in self.chips], np.float64)
 
 
-def _augment(arrs: list[np.ndarray], k: int, flip: bool) -> list[np.ndarray]:
-    """The same rotation by k*90 degrees and optional flip for every (..., H, W) array."""
-    out = []
-    for a in arrs:
-        a = np.rot90(a, k, axes=(-2, -1))
-        if flip:
-            a = a[..., ::-1]
-        out.append(np.ascontiguousarray(a))
-    return out
-
-
 class ChipDataset(Dataset):
     """Normalized chips of one split: ``dict(image, target, mask, offset, index)`` tensors.
 
@@ -346,7 +336,7 @@ class ChipDataset(Dataset):
                 rng = np.random.default_rng(int(torch.randint(2**62, ())))
             else:
                 rng = np.random.default_rng((self.seed, self.epoch, j))
-            arrs = _augment(arrs, int(rng.integers(4)), bool(rng.integers(2)))
+            arrs = rot_flip(arrs, int(rng.integers(4)), bool(rng.integers(2)))
         img, hgt, val = arrs[:3]
         off = float(self.offsets[j]) if np.isfinite(self.offsets[j]) else 0.0
         x = self.image_norm.apply(img.astype(np.float32))

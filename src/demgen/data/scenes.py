@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from demgen.data.augment import rot_flip
 from demgen.data.normalize import ElevationNorm, ImageNorm
 from demgen.errors import InputError
 from demgen.io.raster import read_raster, same_grid
@@ -66,17 +67,6 @@ def fit_norms(scenes: list[Scene], max_pixels: int = 2_000_000, seed: int = 0):
     image_norm = ImageNorm.fit(np.concatenate(pix, axis=1), scenes[0].bands)
     elevation_norm = ElevationNorm.fit(np.concatenate(hts))
     return image_norm, elevation_norm
-
-
-def _augment(arrs: list[np.ndarray], k: int, flip: bool) -> list[np.ndarray]:
-    """Apply the same rotation by k*90 degrees and optional flip to every (…, H, W) array."""
-    out = []
-    for a in arrs:
-        a = np.rot90(a, k, axes=(-2, -1))
-        if flip:
-            a = a[..., ::-1]
-        out.append(np.ascontiguousarray(a))
-    return out
 
 
 class SceneChips(Dataset):
@@ -134,7 +124,7 @@ class SceneChips(Dataset):
             k, flip = 0, False
         s = self.scenes[si]
         win = (slice(r, r + c), slice(col, col + c))
-        img, hgt, val = _augment(
+        img, hgt, val = rot_flip(
             [s.image[(slice(None), *win)], s.height[win], s.valid[win]], k, flip
         )
         x = self.image_norm.apply(img.astype(np.float32))
