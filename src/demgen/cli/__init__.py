@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from demgen import __version__
-from demgen.cli import demo, evaluate, export, info, predict, prepare, synth, view
+from demgen.cli import demo, evaluate, export, fit, info, predict, prepare, synth, view
 from demgen.cli.common import EXIT_USAGE, Parser
 from demgen.errors import DemgenError
 
 EXIT_INTERNAL = 1
 
-SUBCOMMANDS = (synth, prepare, info, demo, predict, evaluate, export, view)
+SUBCOMMANDS = (synth, prepare, info, demo, fit, predict, evaluate, export, view)
 
 
 def build_parser() -> Parser:

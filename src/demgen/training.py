@@ -1,0 +1,520 @@
+"""Training from YAML configs: ``demgen fit`` is :func:`fit` is Lightning's ``LightningCLI``.
+
+A config names a task class (any :mod:`demgen.tasks` LightningModule, ``class_path`` +
+``init_args``) and a data module (:class:`~demgen.data.datamodule.ChipDataModule` over a chip
+store, or :class:`~demgen.data.synth_datamodule.SynthWorldDataModule`, which makes its own),
+plus any ``trainer`` options; every key can be overridden on the command line
+(``--trainer.max_epochs 5 --data.store chips/ --model.init_args.lr 1e-3``)::
+
+    from demgen.training import fit
+    run_dir = fit(["--config", "configs/quick.yaml", "--trainer.max_epochs", "3"])
+
+What ``fit`` adds to plain LightningCLI, so every run is comparable and resumable:
+
+- the data module's normalization dicts are linked into the task's ``image_norm`` and
+  ``elevation_norm`` when both are built, so configs never hard-code statistics;
+- callbacks: ModelCheckpoint (``best.ckpt`` on the lowest ``val_mae_m`` and ``last.ckpt``),
+  EarlyStopping on ``val_mae_m``, LearningRateMonitor (each configurable as
+  ``--checkpoint.*``, ``--early_stopping.*``, ``--lr_monitor.*``), :class:`RNGState` (the
+  random generators are saved in checkpoints so a resumed run draws the same shuffles and
+  augmentations as an uninterrupted one) and :class:`CheckpointInfo` (task class, bands,
+  normalization, chip size in every checkpoint);
+- loggers: CSV and TensorBoard (when installed) in one predictable run folder
+  ``<run_root>/<config name>/version_N/`` (``metrics.csv``, ``config.yaml``, ``tensorboard/``,
+  ``checkpoints/``), plus ``learning_curves.png`` at the end;
+- ``--ckpt_path last`` resumes the newest run of that config that has a ``last.ckpt``, in the
+  same folder, appending to its ``metrics.csv``;
+- precision defaults to :func:`demgen.precision.resolve_precision` ``("auto")``.
+
+Scale-out is Lightning's own: ``--trainer.strategy ddp --trainer.devices N`` (and
+``--trainer.num_nodes`` under torchrun or SLURM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import random
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from demgen import __version__
+from demgen.errors import InputError
+from demgen.precision import resolve_precision
+
+RUN_DIR_ENV = "DEMGEN_FIT_RUN_DIR"  # set by rank 0 so DDP child processes log to its folder
+MONITOR = "val_mae_m"
+
+DESCRIPTION = """\
+Train a demgen task from a LightningCLI YAML config (see configs/ and README "Training").
+
+  demgen fit --config configs/quick.yaml
+  demgen fit --config configs/sat2dem_unet.yaml --data.store chips/ --trainer.max_epochs 50
+  demgen fit --config configs/quick.yaml --ckpt_path last          # resume the newest run
+  demgen fit --config configs/quick.yaml --trainer.strategy ddp --trainer.devices 2
+
+The run goes to RUN_ROOT/CONFIG_NAME/version_N/ (printed): metrics.csv, config.yaml,
+tensorboard/, checkpoints/best.ckpt and last.ckpt, learning_curves.png.
+"""
+
+
+# --- callbacks ------------------------------------------------------------------------------
+
+
+class RNGState(Callback):
+    """Save the torch/numpy/python random generators in checkpoints and restore them on resume.
+
+    Lightning restores weights, optimizers, schedulers and loop counters but not the global
+    generators, which draw the training shuffle (``RandomSampler``), the augmentations and
+    dropout; restoring them makes a resumed run continue exactly like an uninterrupted one.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # plain lists and tensors only, so checkpoints stay loadable with weights_only=True
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (what seed_everything seeds)
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": _to_lists(random.getstate()),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch" not in state_dict:
+            return
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state(  # noqa: NPY002
+            (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+        )
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _to_lists(state: tuple) -> list:
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+class CheckpointInfo(Callback):
+    """Write ``checkpoint["demgen"]``: what prediction needs besides the task's hyperparameters
+    (task class, band names, normalization, chip size, store, demgen version)."""
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        cls = type(pl_module)
+        info: dict[str, Any] = {
+            "task": f"{cls.__module__}.{cls.__qualname__}",
+            "demgen_version": __version__,
+        }
+        hp = pl_module.hparams
+        if "image_norm" in hp:
+            info["bands"] = list(hp["image_norm"].get("bands", []))
+            info["normalization"] = {"image": hp["image_norm"], "elevation": hp["elevation_norm"]}
+        if "chip_size" in hp:
+            info["chip_size"] = hp["chip_size"]
+        dm = getattr(trainer, "datamodule", None)
+        store = getattr(dm, "store", None)
+        if store is not None:
+            info["store"] = str(getattr(dm, "store_path", ""))
+            info["store_chip_size"] = store.manifest.get("chip_size")
+            info["bands"] = list(store.bands)
+        checkpoint["demgen"] = info
+
+
+class SeenChips(Callback):
+    """Record which chips (``batch["index"]``) each rank trains on, per epoch, as
+    ``seen_chips_rank<R>.csv`` in the run folder: evidence that DDP ranks see disjoint data."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int]] = []
+        self.folder: str | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.folder = trainer.log_dir  # collective: every rank calls setup
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if isinstance(batch, dict) and "index" in batch:
+            self.rows += [(trainer.current_epoch, int(i)) for i in batch["index"].tolist()]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.folder is None:
+            return
+        path = Path(self.folder) / f"seen_chips_rank{trainer.global_rank}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["epoch", "index"])
+            w.writerows(self.rows)
+
+
+# --- loggers --------------------------------------------------------------------------------
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued (resume)
+    instead of deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                self.metrics_keys = list(csv.DictReader(fh).fieldnames or [])
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger that appends to the run's ``metrics.csv`` when a run is resumed."""
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and pl.utilities.rank_zero_only.rank == 0:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return super().experiment
+
+
+def trim_metrics(csv_path: Path, epoch: int, step: int) -> None:
+    """Drop rows of ``metrics.csv`` logged after a checkpoint (epoch ``epoch``, ``step``), so
+    a resumed run's file reads like an uninterrupted one's."""
+    if not csv_path.is_file():
+        return
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames or [], list(reader)
+
+    def keep(row: dict[str, str]) -> bool:
+        if row.get("epoch") not in (None, ""):
+            return int(float(row["epoch"])) <= epoch
+        return row.get("step") in (None, "") or int(float(row["step"])) < step
+
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(r for r in rows if keep(r))
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def _version_dirs(folder: Path) -> list[tuple[int, Path]]:
+    out = []
+    for d in folder.glob("version_*") if folder.is_dir() else []:
+        suffix = d.name.removeprefix("version_")
+        if d.is_dir() and suffix.isdigit():
+            out.append((int(suffix), d))
+    return sorted(out)
+
+
+def _is_global_zero() -> bool:
+    """Rank 0 before the trainer exists (torchrun sets RANK, SLURM SLURM_PROCID, Lightning's
+    DDP launcher LOCAL_RANK and NODE_RANK in its child processes)."""
+    keys = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+    return all(os.environ.get(k, "0") == "0" for k in keys)
+
+
+# --- the CLI --------------------------------------------------------------------------------
+
+
+def _norm(key: str) -> Callable[[Any], dict[str, Any]]:
+    def compute(dm: Any) -> dict[str, Any]:
+        try:
+            return dm.normalization[key]
+        except AttributeError:
+            raise InputError(
+                f"data module {type(dm).__name__} has no chip-store normalization; use "
+                "demgen.data.datamodule.ChipDataModule or SynthWorldDataModule"
+            ) from None
+
+    return compute
+
+
+def _chip_size(dm: Any) -> int:
+    store = getattr(dm, "store", None)
+    if store is None:
+        raise InputError(f"data module {type(dm).__name__} has no chip store")
+    return int(store.manifest["chip_size"])
+
+
+def _extras(dm: Any) -> list[dict[str, Any]]:
+    store = getattr(dm, "store", None)
+    return list(store.extras) if store is not None else []
+
+
+def _input_norms(dm: Any) -> dict[str, dict[str, Any]]:
+    """Normalizations of every input a refinement task can stack from this store (the
+    anchor, the image, the nodata mask and each extra layer), fitted on its training split."""
+    store = getattr(dm, "store", None)
+    if store is None or not store.extras:
+        return {}
+    from demgen.tasks.refine import ANCHOR, NODATA_MASK, ORTHO1, fit_input_norms
+
+    layers = dict.fromkeys(e.get("layer", e["name"]) for e in store.extras)
+    names = [ANCHOR, ORTHO1, NODATA_MASK, *(n for n in layers if n != ANCHOR)]
+    if ANCHOR not in layers:
+        names.remove(ANCHOR)
+    return fit_input_norms(store, names, getattr(dm, "fold", None))
+
+
+class DemgenCLI(LightningCLI):
+    """LightningCLI with demgen's defaults: links, callbacks, run folder, loggers, resume."""
+
+    run_dir: Path | None = None  # decided before instantiation; logged to when own_loggers
+    ckpt_path: str | None = None
+    own_loggers: bool = False
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_root", type=str, default="runs", help="Folder holding run folders."
+        )
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Run folder name (default: the config file's stem, else 'fit').",
+        )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Resume from this checkpoint, or 'last': the newest last.ckpt of this run name.",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": MONITOR,
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best",
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {"early_stopping.monitor": MONITOR, "early_stopping.mode": "min",
+             "early_stopping.patience": 10}
+        )  # fmt: skip
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        for key in ("image_norm", "elevation_norm"):
+            parser.link_arguments(
+                "data",
+                f"model.init_args.{key}",
+                compute_fn=_norm(key.removesuffix("_norm")),
+                apply_on="instantiate",
+            )
+        parser.link_arguments(
+            "data", "model.init_args.chip_size", compute_fn=_chip_size, apply_on="instantiate"
+        )
+        # refinement tasks (RefineTask) also take the store's extra layers and their norms;
+        # jsonargparse skips a link whose target the chosen task class does not have
+        parser.link_arguments(
+            "data", "model.init_args.extras", compute_fn=_extras, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data", "model.init_args.input_norms", compute_fn=_input_norms, apply_on="instantiate"
+        )
+
+    # the run folder is decided after parsing and before anything is built -------------------
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        self.ckpt_path = cfg.get("ckpt_path")
+        if os.environ.get(RUN_DIR_ENV):
+            self.run_dir = Path(os.environ[RUN_DIR_ENV])
+            if self.ckpt_path == "last":
+                self.ckpt_path = str(self.run_dir / "checkpoints" / "last.ckpt")
+            return
+        name = cfg.get("run_name")
+        if not name:
+            configs = cfg.get("config") or []
+            name = Path(os.fspath(configs[-1])).stem if configs else "fit"
+        root = Path(cfg.get("run_root") or "runs") / name
+        versions = _version_dirs(root)
+        if self.ckpt_path == "last":
+            found = [d for _, d in versions if (d / "checkpoints" / "last.ckpt").is_file()]
+            if not found:
+                raise InputError(f"--ckpt_path last: no {root}/version_*/checkpoints/last.ckpt")
+            self.run_dir = found[-1]
+            self.ckpt_path = str(self.run_dir / "checkpoints" / "last.ckpt")
+        elif self.ckpt_path:
+            ckpt = Path(self.ckpt_path)
+            if not ckpt.is_file():
+                raise InputError(f"--ckpt_path {ckpt}: no such checkpoint")
+            # a checkpoint of a demgen run continues in that run's folder
+            run = ckpt.resolve().parent.parent
+            same_run = ckpt.resolve().parent.name == "checkpoints" and run.name.startswith(
+                "version_"
+            )
+            self.run_dir = (
+                run if same_run else root / f"version_{versions[-1][0] + 1 if versions else 0}"
+            )
+        else:
+            self.run_dir = root / f"version_{versions[-1][0] + 1 if versions else 0}"
+        if self.ckpt_path and _is_global_zero():
+            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+            trim_metrics(
+                self.run_dir / "metrics.csv", int(state["epoch"]), int(state["global_step"])
+            )
+        os.environ[RUN_DIR_ENV] = str(self.run_dir)  # inherited by Lightning's DDP children
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True) and self.run_dir is not None:
+            save_dir, name, version = (
+                self.run_dir.parent.parent,
+                self.run_dir.parent.name,
+                self.run_dir.name,
+            )
+            loggers: list[Any] = [RunCSVLogger(save_dir, name=name, version=version)]
+            if _tensorboard_available():
+                from lightning.pytorch.loggers import TensorBoardLogger
+
+                loggers.append(
+                    TensorBoardLogger(
+                        save_dir, name=name, version=version, sub_dir="tensorboard",
+                        default_hp_metric=False,
+                    )
+                )  # fmt: skip
+            kwargs["logger"] = loggers
+            self.own_loggers = True
+        if trainer_cfg.get("fast_dev_run"):
+            # Lightning's ModelCheckpoint still writes last.ckpt at train end under fast_dev_run
+            ckpt = self._get(self.config_init, "checkpoint")
+            if ckpt is not None:
+                ckpt.save_last = False
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        callbacks += [RNGState(), CheckpointInfo()]
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def build_cli(args: Sequence[str]) -> DemgenCLI:
+    """Parse ``args`` (``demgen fit`` arguments) and build the task, data and trainer."""
+    warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*is not supported by the model summary.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*", FutureWarning)
+    return DemgenCLI(
+        model_class=pl.LightningModule,
+        datamodule_class=pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        trainer_defaults={
+            "precision": resolve_precision("auto"),
+            "max_epochs": 100,
+            "log_every_n_steps": 10,
+        },
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "prog": "demgen fit",
+            "description": DESCRIPTION,
+            "exit_on_error": False,
+            "default_env": False,
+        },
+        args=list(args),
+        run=False,
+    )
+
+
+def fit(args: Sequence[str], *, log: Callable[[str], None] | None = print) -> Path | None:
+    """Train as ``demgen fit ARGS`` does; return the run folder (None on non-zero ranks or
+    without a run folder). Checkpoints are in ``<run folder>/checkpoints``."""
+    inherited = RUN_DIR_ENV in os.environ  # a DDP child process of an earlier fit()
+    try:
+        return _fit(args, log)
+    finally:
+        if not inherited:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _fit(args: Sequence[str], log: Callable[[str], None] | None) -> Path | None:
+    try:
+        cli = build_cli(args)
+    except ValueError as exc:  # a constructor's error, wrapped by jsonargparse's Union check
+        if "Union subtypes" not in str(exc):
+            raise
+        errors = [ln.strip()[2:] for ln in str(exc).splitlines() if ln.strip().startswith("- ")]
+        raise InputError(errors[0] if errors else first_line(exc)) from exc
+    trainer = cli.trainer
+    if trainer.is_global_zero and log and cli.own_loggers and not trainer.fast_dev_run:
+        log(f"[demgen fit] run folder {cli.run_dir}")
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path)
+    # trainer.log_dir would broadcast, and the other ranks may have left already
+    if not trainer.is_global_zero or trainer.fast_dev_run or not trainer.loggers:
+        return None
+    run_dir = Path(trainer.loggers[0].log_dir)
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        from demgen.viz.figures import learning_curves
+
+        with contextlib.suppress(ValueError):  # no metrics logged yet
+            learning_curves(metrics, run_dir / "learning_curves.png", title=run_dir.parent.name)
+    ckpt = trainer.checkpoint_callback
+    if log and ckpt is not None:
+        best = ckpt.best_model_score
+        score = f", best {MONITOR} {float(best):.3f} m" if best is not None else ""
+        log(f"[demgen fit] checkpoints in {ckpt.dirpath} (best.ckpt, last.ckpt){score}")
+    return run_dir
+
+
+def first_line(exc: BaseException) -> str:
+    """A one-line summary of a (jsonargparse) error: for a class given by ``class_path``, the
+    class's own complaint rather than the list of Union subtypes it did not match."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    for i, ln in enumerate(lines):
+        if ln.startswith("- Problem with given class_path"):
+            key = lines[0].removesuffix(":")
+            cls = ln.split("'")[1].rsplit(".", 1)[-1] if "'" in ln else ""
+            detail = []
+            for more in lines[i + 1 :]:
+                if more.startswith("- ") or more.startswith("Given value"):
+                    break
+                detail.append(more)
+            return f"{key} ({cls}): {' '.join(detail)}"
+    return " ".join(lines[:3])
+
+
+def seen_chips(run_dir: str | Path) -> dict[int, np.ndarray]:
+    """``{rank: chip indices}`` recorded by :class:`SeenChips` in ``run_dir``."""
+    out = {}
+    for p in sorted(Path(run_dir).glob("seen_chips_rank*.csv")):
+        rank = int(p.stem.removeprefix("seen_chips_rank"))
+        out[rank] = np.loadtxt(p, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)[:, 1]
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    fit(sys.argv[1:])
