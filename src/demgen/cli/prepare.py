@@ -76,7 +76,7 @@ Normalization (fitted on the training split only, stored in the manifest)
   --normalize (elevation): global (to [-1, 1] by min/max, Sat2DEM), global-shift (chip
   minimum to -1, relative heights, offset kept per chip), zscore, residual ((h - chip
   mean) / GSF, GSF = mean per-chip standard deviation, DeepDEM). --image-normalize:
-  percentile (per-band 2-98 %% stretch), scale (fixed reflectance scale, --image-scale,
+  percentile (per-band 2-98 % stretch), scale (fixed reflectance scale, --image-scale,
   default from the dtype) or band-zscore. Heights are stored in metres and normalized at
   read time, so every checkpoint can return metres. --z-unit ft converts feet (x 0.3048);
   a DEM whose metadata says feet is refused unless --z-unit is given.

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Write one self-contained HTML page (three.js embedded, works offline) showing "
             "the DEM in 3D: orbit and zoom, vertical exaggeration, the image draped on it "
-            "(reprojected onto the DEM grid, 2-98 %% stretch), hillshade or colour relief, "
+            "(reprojected onto the DEM grid, 2-98 % stretch), hillshade or colour relief, "
             "and a legend of the height range in metres. Large DEMs are block-averaged to "
             "at most --max-vertices per side; the page states the decimation."
         ),
