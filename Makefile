@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # For a GPU, install your CUDA build of torch into $(VENV) first (see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(VENV)/.installed
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "chromium unavailable (could not apt-get install it): browser tests will skip"
 	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests
