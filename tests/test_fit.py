@@ -75,7 +75,7 @@ def stores(tmp_path_factory):
 def _store_for(config: str, stores: dict[str, str]) -> str:
     if config.startswith("deepdem/"):
         return stores["dsm" if "dsm" in config else "dtm"]
-    if config.startswith("imagetodem/"):
+    if config.startswith("image2dem/"):
         return stores["npz"]
     return stores["sat2dem"]
 
@@ -94,7 +94,7 @@ def test_configs_are_generated_and_complete():
         text = (CONFIGS / rel).read_text()
         assert text.startswith("# ") and "Source:" in text
     assert {"quick.yaml", "deepdem/refine_dsm.yaml", "deepdem/refine_dtm.yaml",
-            "imagetodem/pix2pix.yaml"} <= set(SHIPPED)  # fmt: skip
+            "image2dem/pix2pix.yaml"} <= set(SHIPPED)  # fmt: skip
 
 
 def _mark(config: str):
