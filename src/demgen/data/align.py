@@ -33,11 +33,21 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from demgen.errors import InputError
-from demgen.io.raster import open_raster
+from demgen.io.raster import grid_bounds, open_raster
 
 FEET_TO_METRES = 0.3048  # international foot; the US survey foot differs by 2 ppm
 _BAND_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<band>B\d+[A-Z]?)$", re.IGNORECASE)
 _FEET_WORDS = ("ft", "foot", "feet", "us survey foot", "us_survey_foot", "ftus", "us-ft")
+
+
+def _union(boxes: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    """The smallest (left, bottom, right, top) box holding every box."""
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
 
 
 @dataclass(frozen=True)
@@ -51,10 +61,7 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        t = self.transform
-        xs = (t.c, t.c + t.a * self.width)
-        ys = (t.f, t.f + t.e * self.height)
-        return min(xs), min(ys), max(xs), max(ys)
+        return grid_bounds(self.transform, self.width, self.height)
 
     @property
     def res(self) -> tuple[float, float]:
@@ -227,12 +234,7 @@ def scene_grid(
         inter = [h for _, h in hits if h is not None]
         if not inter:
             raise InputError(f"{img_path} and {dems[0]}: extents do not overlap")
-        b = (
-            min(h[0] for h in inter),
-            min(h[1] for h in inter),
-            max(h[2] for h in inter),
-            max(h[3] for h in inter),
-        )
+        b = _union(inter)
         b = _intersect(b, img_b)
         assert b is not None
         res = float(resolution) if resolution is not None else img_grid.res[0]
@@ -248,12 +250,7 @@ def scene_grid(
                 cover.append(hit)
         if not cover:
             raise InputError(f"{img_path} and {dems[0]}: extents do not overlap")
-        b = (
-            min(h[0] for h in cover),
-            min(h[1] for h in cover),
-            max(h[2] for h in cover),
-            max(h[3] for h in cover),
-        )
+        b = _union(cover)
         out = _crop(img_grid, b)
     elif grid == "dem":
         best, best_area = None, 0.0

@@ -43,6 +43,7 @@ from demgen.data.normalize import (
 )
 from demgen.data.splits import ChipPlace, blocked_split, kfold_split
 from demgen.errors import InputError
+from demgen.io.raster import GDAL_CACHE_MB, bounded_gdal_cache
 
 # Extra layers with these names hold heights: they follow --z-unit like the DEM and are
 # stored in metres. Any other name is stored as the source's values unless listed in
@@ -121,14 +122,14 @@ def prepare_rasters(
     extras: Sequence[str | Path] = (),
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
-    gdal_cache_mb: int = 256,
+    gdal_cache_mb: int = GDAL_CACHE_MB,
 ) -> Path:
     """Align, chip, mask, split and normalize rasters into the chip store ``out``.
 
     GDAL's block cache is capped at ``gdal_cache_mb`` (its default is 5 % of RAM), which
     with one chip row in memory at a time keeps peak memory bounded for any scene size.
     """
-    with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)):
+    with bounded_gdal_cache(gdal_cache_mb):
         return _prepare_rasters(
             images,
             dems,

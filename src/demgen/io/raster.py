@@ -209,3 +209,10 @@ GDAL_CACHE_MB = 256  # GDAL's default block cache is 5 % of RAM: 1.2 GB on a 24 
 def bounded_gdal_cache(megabytes: int = GDAL_CACHE_MB) -> rasterio.Env:
     """A rasterio environment whose GDAL block cache is capped, for bounded-memory streaming."""
     return rasterio.Env(GDAL_CACHEMAX=int(megabytes))
+
+
+def grid_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a pixel grid, whatever the signs of its pixel sizes."""
+    xs = (transform.c, transform.c + transform.a * width)
+    ys = (transform.f, transform.f + transform.e * height)
+    return min(xs), min(ys), max(xs), max(ys)

@@ -30,7 +30,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 
 from demgen.errors import InputError
-from demgen.io.raster import open_raster, write_text_atomic
+from demgen.io.raster import grid_bounds, open_raster, write_text_atomic
 from demgen.viz.hillshade import hillshade
 
 LAYERS = ("image", "hillshade", "relief")
@@ -70,10 +70,7 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        t = self.transform
-        xs = (t.c, t.c + t.a * self.width)
-        ys = (t.f, t.f + t.e * self.height)
-        return min(xs), min(ys), max(xs), max(ys)
+        return grid_bounds(self.transform, self.width, self.height)
 
 
 @dataclass
