@@ -18,6 +18,7 @@ from demgen.data.chips import ChipStore
 from demgen.data.prepare import PrepareConfig, prepare_npz, prepare_rasters
 from demgen.data.synth import SceneConfig, generate_scene
 from demgen.io.raster import read_raster
+from demgen.precision import resolve_precision
 from demgen.training import fit, seen_chips
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +131,7 @@ def test_quick_end_to_end(quick_cache, tmp_path, capsys):
     out = capsys.readouterr().out
     assert run == tmp_path / "quick" / "version_0"
     assert f"checkpoints in {run / 'checkpoints'}" in out
+    assert f"precision {resolve_precision('auto')} (" in out  # --precision auto by default
     for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.csv",
                  "learning_curves.png", "config.yaml"):  # fmt: skip
         assert (run / name).is_file(), name
@@ -143,11 +145,12 @@ def test_quick_end_to_end(quick_cache, tmp_path, capsys):
     assert info["task"] == "demgen.tasks.regression.DEMRegressionTask"
     assert info["bands"] == task.bands and info["chip_size"] == 32
     assert info["normalization"]["elevation"]["strategy"] == "global"
-    # a second run of the same config gets the next version folder
-    run2 = fit(
-        [*_tiny_quick(quick_cache), "--run_root", str(tmp_path), "--trainer.max_epochs", "1"]
-    )
+    # a second run of the same config gets the next version folder; --precision forces one
+    run2 = fit([*_tiny_quick(quick_cache), "--run_root", str(tmp_path),
+                "--trainer.max_epochs", "1", "--precision", "bf16"])  # fmt: skip
     assert run2 == tmp_path / "quick" / "version_1"
+    assert "precision bf16-mixed (" in capsys.readouterr().out
+    assert "precision: bf16-mixed" in (run2 / "config.yaml").read_text()
 
 
 def _val_curve(run: Path) -> list[tuple[int, float, float]]:

@@ -1,19 +1,58 @@
 import numpy as np
 import pytest
+import torch
 
 from demgen import precision
 from demgen.viz.hillshade import hillshade
 
+AMX_CPU = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
+AVX512_BF16_CPU = frozenset({"avx512f", "avx512_bf16", "avx512_fp16"})
+PLAIN_CPU = frozenset({"avx2", "fma"})
 
-def test_precision_auto_follows_cpu_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+
+def _with_flags(monkeypatch, flags):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+
+
+def test_precision_auto_picks_bf16_on_a_bf16_capable_cpu(monkeypatch):
+    _with_flags(monkeypatch, AMX_CPU)
     assert precision.resolve_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    assert precision.autocast_dtype(precision.resolve_precision("auto", "cpu")) is torch.bfloat16
+    assert "AMX" in precision.precision_reason("cpu")
+
+
+def test_precision_auto_picks_fp32_where_bf16_is_unavailable_or_slow(monkeypatch):
+    _with_flags(monkeypatch, PLAIN_CPU)
+    assert not precision.cpu_supports_bf16()
     assert precision.resolve_precision("auto", "cpu") == "32-true"
+    assert precision.autocast_dtype("32-true") is None
+    assert "no bf16" in precision.precision_reason("cpu")
+    # AVX-512 BF16 without AMX: bf16 matmul runs at half the fp32 rate there (measured)
+    _with_flags(monkeypatch, AVX512_BF16_CPU)
+    assert precision.cpu_supports_bf16() and not precision.cpu_has_amx()
+    assert precision.resolve_precision("auto", "cpu") == "32-true"
+    assert "no AMX" in precision.precision_reason("cpu")
+
+
+def test_precision_forced_and_cuda(monkeypatch):
+    _with_flags(monkeypatch, PLAIN_CPU)
     assert precision.resolve_precision("32", "cpu") == "32-true"
     assert precision.resolve_precision("bf16", "cpu") == "bf16-mixed"
     with pytest.raises(ValueError):
         precision.resolve_precision("fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.resolve_precision("auto", "cuda") == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.resolve_precision("auto", "cuda") == "32-true"
+    assert precision.resolve_precision("32", "cuda") == "32-true"
+
+
+def test_cpu_flags_reads_this_machine():
+    flags = precision.cpu_flags()
+    assert isinstance(flags, frozenset)
+    if flags:  # Linux: the flags line of /proc/cpuinfo
+        assert "fpu" in flags or "neon" in flags or "fp" in flags
 
 
 def _ramp(facing_east: bool, pixel: float = 10.0) -> np.ndarray:

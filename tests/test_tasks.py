@@ -138,6 +138,37 @@ def test_pix2pix_overfits_one_batch(tmp_path, gan_mode):
         _check_checkpoint(trainer, task, tmp_path, batch)
 
 
+def _convs(module):
+    return [
+        m for m in module.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+
+
+def test_channels_last_converts_every_network_and_keeps_the_numbers():
+    """on_fit_start puts generator, discriminator and reviser in NHWC; outputs do not change."""
+    torch.manual_seed(0)
+    task = DRPANTask(INORM, ENORM, generator_kwargs=TINY_G, discriminator_kwargs=TINY_D,
+                     reviser_kwargs=TINY_D, chip_size=32).eval()  # fmt: skip
+    x = _batch()["image"]
+    with torch.no_grad():
+        ref = task(x)
+    task.on_fit_start()  # channels_last is every task's default
+    nets = [task.model, task.discriminator, task.reviser]
+    for net in nets:
+        assert _convs(net)
+        for conv in _convs(net):
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = task(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    task.set_channels_last(False)
+    w = _convs(task.discriminator)[0].weight
+    assert w.is_contiguous() and not task._channels_last
+    off = DEMRegressionTask(INORM, ENORM, base=8, depth=3, channels_last=False)
+    off.on_fit_start()
+    assert all(c.weight.is_contiguous() for c in _convs(off.model))
+
+
 def test_drpan_overfits_one_batch(tmp_path):
     torch.manual_seed(0)
     batch = _batch()

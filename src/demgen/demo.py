@@ -29,7 +29,7 @@ from demgen.data.synth import SceneConfig, generate_scene, generate_world
 from demgen.inference.scene import load_task, predict_scene
 from demgen.io.raster import atomic_path, read_raster, same_grid, write_text_atomic
 from demgen.metrics.dem import error_stats, valid_pixels
-from demgen.precision import resolve_precision
+from demgen.precision import precision_reason, resolve_precision
 from demgen.tasks.regression import DEMRegressionTask
 from demgen.viz.figures import comparison_figure, learning_curves
 
@@ -97,6 +97,7 @@ def run_demo(
     log(
         f"2/5 training a U-Net (base {config.base}, depth {config.depth}) for at most "
         f"{config.budget_minutes:g} min, precision {precision}"
+        + (f" ({precision_reason()})" if config.precision == "auto" else "")
     )
     dm = SceneDataModule(
         train,

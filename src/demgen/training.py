@@ -24,7 +24,8 @@ What ``fit`` adds to plain LightningCLI, so every run is comparable and resumabl
   ``checkpoints/``), plus ``learning_curves.png`` at the end;
 - ``--ckpt_path last`` resumes the newest run of that config that has a ``last.ckpt``, in the
   same folder, appending to its ``metrics.csv``;
-- precision defaults to :func:`demgen.precision.resolve_precision` ``("auto")``.
+- ``--precision auto|bf16|32`` (:func:`demgen.precision.resolve_precision`; default ``auto``)
+  sets ``--trainer.precision``; channels_last is the tasks' default memory format.
 
 Scale-out is Lightning's own: ``--trainer.strategy ddp --trainer.devices N`` (and
 ``--trainer.num_nodes`` under torchrun or SLURM).
@@ -40,7 +41,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -57,7 +58,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from demgen import __version__
 from demgen.errors import InputError
-from demgen.precision import resolve_precision
+from demgen.precision import precision_reason, resolve_precision
 
 RUN_DIR_ENV = "DEMGEN_FIT_RUN_DIR"  # set by rank 0 so DDP child processes log to its folder
 MONITOR = "val_mae_m"
@@ -309,6 +310,13 @@ class DemgenCLI(LightningCLI):
             default=None,
             help="Resume from this checkpoint, or 'last': the newest last.ckpt of this run name.",
         )
+        parser.add_argument(
+            "--precision",
+            type=Literal["auto", "bf16", "32"] | None,
+            default=None,
+            help="auto (default): bf16 autocast where it is faster than fp32 (GPUs with bf16, "
+            "CPUs with AMX), else fp32; bf16 or 32 force one. Sets --trainer.precision.",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -348,6 +356,8 @@ class DemgenCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
+        if cfg.get("precision"):
+            cfg.trainer.precision = resolve_precision(cfg.precision)
         self.ckpt_path = cfg.get("ckpt_path")
         if os.environ.get(RUN_DIR_ENV):
             self.run_dir = Path(os.environ[RUN_DIR_ENV])
@@ -469,6 +479,7 @@ def _fit(args: Sequence[str], log: Callable[[str], None] | None) -> Path | None:
     trainer = cli.trainer
     if trainer.is_global_zero and log and cli.own_loggers and not trainer.fast_dev_run:
         log(f"[demgen fit] run folder {cli.run_dir}")
+        log(f"[demgen fit] precision {trainer.precision} ({precision_reason()} for auto)")
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path)
     # trainer.log_dir would broadcast, and the other ranks may have left already
     if not trainer.is_global_zero or trainer.fast_dev_run or not trainer.loggers:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from demgen.precision import PRECISIONS
+
 EXIT_USAGE = 2
 
 
@@ -23,3 +25,14 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+PRECISION_HELP = (
+    "auto (default): bf16 autocast where it is faster than fp32 (GPUs with bf16, CPUs "
+    "with AMX), else fp32; bf16 forces bf16 autocast; 32 forces fp32"
+)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--precision auto|bf16|32`` option shared by demo and predict."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)

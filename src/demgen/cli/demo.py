@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from demgen.cli.common import add_precision_argument
 from demgen.errors import DemgenError
 
 
@@ -32,12 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--minutes", type=float, default=None, help="training time budget in minutes (default 7)"
     )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "32"),
-        default="auto",
-        help="auto: bf16 autocast + channels_last where supported (default)",
-    )
+    add_precision_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -7,7 +7,7 @@ import glob
 import time
 from pathlib import Path
 
-from demgen.cli.common import positive_int
+from demgen.cli.common import add_precision_argument, positive_int
 from demgen.errors import DemgenError
 
 
@@ -59,12 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="coarse DEM anchoring relative (global-shift) models per window",
     )
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "32"),
-        default="auto",
-        help="auto: bf16 autocast + channels_last where supported (default)",
-    )
+    add_precision_argument(p)
     p.add_argument(
         "--any-resolution",
         action="store_true",

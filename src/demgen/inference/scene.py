@@ -284,8 +284,7 @@ def _prepare(task, device: str | None, precision: str):
     device = device or default_device()
     amp_dtype = autocast_dtype(resolve_precision(precision, device))
     task = task.eval().to(device)
-    if task.hparams.get("channels_last", False):
-        task.model.to(memory_format=torch.channels_last)
+    task.set_channels_last(True)  # NHWC is faster for inference in fp32 and bf16 alike
     return task, device, amp_dtype
 
 

@@ -184,7 +184,7 @@ class DEMTask(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized image (B, bands, H, W) -> normalized heights (B, 1, H, W)."""
-        if self.hparams.get("channels_last", False):
+        if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
@@ -192,9 +192,17 @@ class DEMTask(L.LightningModule):
         """Normalized image -> heights in metres (float32); ``offset`` for per-chip norms."""
         return to_metres(self.elevation_norm, self(x), {"offset": offset})
 
+    #: whether the networks and their inputs are channels_last (see set_channels_last)
+    _channels_last: bool = False
+
+    def set_channels_last(self, enabled: bool = True) -> None:
+        """Put every network (generator, discriminators) and, in forward, every input in
+        channels_last memory format (NHWC: oneDNN's and cuDNN's fast convolutions), or back."""
+        self._channels_last = enabled
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
     def on_fit_start(self) -> None:
-        if self.hparams.get("channels_last", False):
-            self.model.to(memory_format=torch.channels_last)
+        self.set_channels_last(bool(self.hparams.get("channels_last", True)))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         pred = to_metres(self.elevation_norm, self(batch["image"]), batch)

@@ -78,7 +78,7 @@ class DRPANTask(Pix2PixTask):
         chip_size: int = 256,
         target: str = "dtm",
         pixel_size: float | None = None,
-        channels_last: bool = False,
+        channels_last: bool = True,
         lr_patience: int = 2,
     ) -> None:
         if not 0.0 < region_size <= 1.0:

@@ -74,7 +74,7 @@ class Pix2PixTask(DEMTask):
         chip_size: int = 256,
         target: str = "dtm",
         pixel_size: float | None = None,
-        channels_last: bool = False,
+        channels_last: bool = True,
         lr_patience: int = 2,
     ) -> None:
         super().__init__()

@@ -168,7 +168,7 @@ class RefineTask(DEMTask):
         chip_size: int = 128,
         pixel_size: float | None = None,
         swap_orthos: bool = True,
-        channels_last: bool = False,
+        channels_last: bool = True,
         lr_patience: int = 2,
     ) -> None:
         super().__init__()
@@ -280,7 +280,7 @@ class RefineTask(DEMTask):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Stacked normalized inputs -> the residual in GSF units (B, 1, H, W)."""
-        if self.hparams.get("channels_last", False):
+        if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
