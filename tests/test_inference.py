@@ -76,3 +76,30 @@ def test_missing_band_is_an_input_error_and_writes_nothing(tmp_path, transform):
     with pytest.raises(InputError, match="B8"):
         predict_scene(task, path, tmp_path / "p.tif", progress=False)
     assert not (tmp_path / "p.tif").exists()
+
+
+def test_prediction_folds_batchnorm_on_a_copy(tmp_path, image_file):
+    """A real U-Net predicts the same with and without the inference-time folding, and the
+    caller's task keeps its BatchNorms, its training mode and its memory format."""
+    torch.manual_seed(0)
+    inorm = ImageNorm(["B2", "B3", "B4", "B8"], 1e-4, [0.1] * 4, [0.05] * 4)
+    task = DEMRegressionTask(inorm.to_dict(), ElevationNorm(100.0, 900.0).to_dict(),
+                             base=4, depth=2, stem=2, chip_size=16)  # fmt: skip
+    for m in task.modules():  # as after training: non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in task.modules())
+    out = predict_scene(task, image_file, tmp_path / "p.tif", window=32, precision="32",
+                        progress=False)  # fmt: skip
+    assert task.training and not task._channels_last
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in task.modules()) == n_bn
+    with rasterio.open(image_file) as src:
+        x = torch.from_numpy(inorm.apply(src.read().astype(np.float32))[:, :96, :80])
+    task.eval()
+    with torch.no_grad():
+        ref = task.predict_metres(x[None, :, :32, :32])[0, 0].numpy()
+    with rasterio.open(out) as dst:
+        pred = dst.read(1, window=((0, 32), (0, 32)))
+    # the first window's corner is covered by that window alone (blend weight 1 there)
+    np.testing.assert_allclose(pred[:8, :8], ref[:8, :8], rtol=1e-4, atol=1e-2)

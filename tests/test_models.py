@@ -394,3 +394,20 @@ def test_bf16_autocast_channels_last_gives_float32(name):
         y = m(x)
     assert y.dtype == torch.float32
     assert torch.isfinite(y).all()
+
+
+def test_instance_norm_is_instancenorm2d_exactly():
+    """norm="instance" (GroupNorm, one channel per group) is InstanceNorm2d(affine=True):
+    same parameters, same outputs, and its checkpoints load unchanged."""
+    from demgen.models.pix2pix import norm_layer
+
+    torch.manual_seed(0)
+    ref = nn.InstanceNorm2d(6, affine=True)
+    ref.weight.data.uniform_(0.5, 2.0)
+    ref.bias.data.normal_()
+    ours = norm_layer("instance", 6)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 6, 5, 7) * 4 + 2
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours(xc), ref(x), rtol=1e-5, atol=1e-5)

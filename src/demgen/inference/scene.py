@@ -15,6 +15,7 @@ overlap, and the output is labelled relative.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from demgen.io.raster import (
     pixel_size_metres,
     write_cog,
 )
+from demgen.models.fusion import fuse_conv_bn
 from demgen.precision import autocast_dtype, default_device, resolve_precision
 from demgen.tasks.common import DEMTask
 
@@ -96,13 +98,14 @@ def _tta_runs(
     fn, tensors: dict[str, torch.Tensor], tta: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean and (with ``tta``) std over the 8 flips/rotations of ``fn(tensors)`` (B, h, w)."""
+    if not tta:
+        return fn(tensors).cpu().numpy(), None
     outs = []
-    for k in range(8) if tta else [0]:
+    for k in range(8):
         out = fn({name: dihedral(t, k) for name, t in tensors.items()})
         outs.append(dihedral_inverse(out, k))
     stack = torch.stack(outs)
-    std = stack.std(dim=0, unbiased=False).cpu().numpy() if tta else None
-    return stack.mean(dim=0).cpu().numpy(), std
+    return stack.mean(dim=0).cpu().numpy(), stack.std(dim=0, unbiased=False).cpu().numpy()
 
 
 @dataclass
@@ -281,10 +284,14 @@ class _Reference:
 
 
 def _prepare(task, device: str | None, precision: str):
+    """An inference copy of ``task`` on ``device``: eval mode, BatchNorms folded into the
+    convs, channels_last (NHWC, faster for inference in fp32 and bf16 alike). The caller's
+    task is left as it was, still trainable."""
     device = device or default_device()
     amp_dtype = autocast_dtype(resolve_precision(precision, device))
-    task = task.eval().to(device)
-    task.set_channels_last(True)  # NHWC is faster for inference in fp32 and bf16 alike
+    task = copy.deepcopy(task).eval().to(device)
+    fuse_conv_bn(task)
+    task.set_channels_last(True)
     return task, device, amp_dtype
 
 
