@@ -7,12 +7,14 @@ own subprocess so that its peak resident memory is its own:
 - training samples/s of the pix2pix step (U-Net-256 generator ``Pix2PixUNet(3, 1)`` +
   ``PatchGAN(4)``: one D step and one G step as in ``Pix2PixTask``) and of the U-Net
   regression step (the same U-Net-256 with an unbounded head, masked L1, fused AdamW),
-  256 x 256, batch 8, in fp32 NCHW and in ``auto`` precision (bf16 autocast +
-  channels_last where the CPU has bf16), warm-up steps excluded;
+  256 x 256, batch 8, in plain fp32 NCHW, in ``auto`` precision (what demgen trains with
+  here: channels_last, plus bf16 autocast where :mod:`demgen.precision` finds bf16 fast)
+  and in forced bf16 (bf16 autocast + channels_last), warm-up steps excluded;
 - each step's FLOPs (forward + backward, ``torch.utils.flop_counter``), its achieved
   GFLOP/s and that as a percentage of both measured matmul peaks;
 - scene prediction Mpx/s of ``demgen predict`` on a 4096 x 4096 scene with 25 % overlap
-  (the demo's architecture, as ``benchmarks/predict_bench.py``; predict-only time);
+  (the demo's architecture, as ``benchmarks/predict_bench.py``; predict-only time), with
+  ``--precision auto``, ``32`` and ``bf16``;
 - the training loader's throughput (chips/s of ``ChipDataModule``'s train loader with
   augmentation), to show the input path outruns the model;
 - a torch.profiler profile of the U-Net-256 regression step in ``auto`` precision
@@ -39,6 +41,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from demgen.io.raster import write_text_atomic
+from demgen.precision import cpu_flags, precision_reason
 
 HERE = Path(__file__).resolve().parent
 BATCH, CHIP = 8, 256
@@ -83,22 +88,29 @@ def _batch() -> dict[str, torch.Tensor]:
     return {"image": torch.randn(BATCH, 3, CHIP, CHIP, generator=g), "target": target, "mask": mask}
 
 
-def build_step(task_name: str, auto: bool):
-    """The training step of ``task_name`` (``pix2pix`` or ``regression``) as a closure.
+MODES = {  # mode: (precision for resolve_precision, channels_last)
+    "fp32": ("32", False),  # plain PyTorch: the baseline
+    "auto": ("auto", True),  # what demgen trains with on this machine
+    "bf16": ("bf16", True),  # bf16 autocast forced
+}
 
-    ``auto``: bf16 autocast when ``resolve_precision('auto')`` says so, and channels_last
-    for every network and the batch; otherwise fp32 NCHW.
+
+def build_step(task_name: str, mode: str):
+    """The training step of ``task_name`` (``pix2pix`` or ``regression``) as a closure,
+    in ``mode`` (a key of MODES): its precision, and channels_last for every network
+    (``set_channels_last``, as ``Trainer.fit`` does) and the batch, or fp32 NCHW.
     """
     from demgen.precision import autocast_dtype, resolve_precision
     from demgen.tasks.pix2pix import Pix2PixTask, set_requires_grad
     from demgen.tasks.regression import DEMRegressionTask
 
-    precision = resolve_precision("auto", "cpu") if auto else "32-true"
+    precision_arg, channels_last = MODES[mode]
+    precision = resolve_precision(precision_arg, "cpu")
     dtype = autocast_dtype(precision)
     inorm, enorm = _norms(["B4", "B3", "B2"])
     batch = _batch()
     if task_name == "pix2pix":
-        task = Pix2PixTask(inorm, enorm, chip_size=CHIP, channels_last=auto)
+        task = Pix2PixTask(inorm, enorm, chip_size=CHIP)
         opt_g, opt_d = task.configure_optimizers()[0]
     else:
         task = DEMRegressionTask(
@@ -107,12 +119,11 @@ def build_step(task_name: str, auto: bool):
             generator="pix2pix",
             generator_kwargs={"final": None},
             chip_size=CHIP,
-            channels_last=auto,
         )
         opt = task.configure_optimizers()["optimizer"]
     task.train()
-    if auto:
-        task.to(memory_format=torch.channels_last)
+    task.set_channels_last(channels_last)
+    if channels_last:
         batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
 
     def ctx():
@@ -149,7 +160,7 @@ def item_train(task_name: str, mode: str, warmup: int, steps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    step, precision = build_step(task_name, mode == "auto")
+    step, precision = build_step(task_name, mode)
     for _ in range(warmup):
         step()
     times = []
@@ -177,7 +188,7 @@ def item_profile(steps: int = 3) -> dict:
     """torch.profiler over ``steps`` U-Net-256 regression steps in auto precision."""
     from torch.profiler import ProfilerActivity, profile
 
-    step, precision = build_step("regression", True)
+    step, precision = build_step("regression", "auto")
     for _ in range(2):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -261,7 +272,8 @@ def predict_flops() -> dict:
 
 
 def item_loader(workers: int, folder: str) -> dict:
-    """Chips/s of ChipDataModule's augmenting train loader (batch 8) over the store."""
+    """Chips/s of ChipDataModule's augmenting train loader (batch 8) over the store, the
+    batched augmentation included."""
     from demgen.data.datamodule import ChipDataModule
 
     dm = ChipDataModule(
@@ -277,8 +289,8 @@ def item_loader(workers: int, folder: str) -> dict:
     n, t0 = 0, time.perf_counter()
     epochs = 0
     while time.perf_counter() - t0 < 4.0 or epochs < 2:
-        for b in loader:
-            n += b["image"].shape[0]
+        for b in loader:  # and the batched flips/rotations the Trainer applies after transfer
+            n += dm.on_after_batch_transfer(b, 0)["image"].shape[0]
         epochs += 1
     sec = time.perf_counter() - t0
     return {
@@ -367,17 +379,16 @@ def child_main(args: list[str]) -> None:
 # -- report -----------------------------------------------------------------------------------
 
 TRAIN_ITEMS = {  # name: (task, mode, warm-up steps, timed steps)
-    "pix2pix_fp32": ("pix2pix", "fp32", 1, 2),
-    "pix2pix_auto": ("pix2pix", "auto", 2, 5),
-    "regression_fp32": ("regression", "fp32", 1, 3),
-    "regression_auto": ("regression", "auto", 2, 6),
+    f"{task}_{mode}": (task, mode, 2, 4 if task == "pix2pix" else 6)
+    for task in ("pix2pix", "regression")
+    for mode in MODES
 }
+PREDICT_PRECISIONS = ("auto", "32", "bf16")
 ALL = [
     "matmul_bf16",
     "matmul_fp32",
     *TRAIN_ITEMS,
-    "predict_auto",
-    "predict_32",
+    *(f"predict_{p}" for p in PREDICT_PRECISIONS),
     "loader_0",
     "loader_2",
     "profile",
@@ -408,7 +419,11 @@ def table(r: dict) -> str:
     for name, (task, mode, *_) in TRAIN_ITEMS.items():
         t = r.get(name)
         if t:
-            prec = "fp32 NCHW" if mode == "fp32" else f"auto ({t['precision']}, channels_last)"
+            prec = {
+                "fp32": "fp32 NCHW",
+                "auto": f"auto ({t['precision']}, channels_last)",
+                "bf16": "bf16 forced (channels_last)",
+            }[mode]
             rows.append(
                 f"| {labels[task]} | {prec} | {t['samples_per_s']:.2f} samples/s | "
                 f"{t['flops_per_step'] / 1e9:.0f} | {t['gflops']:.0f} | "
@@ -416,7 +431,7 @@ def table(r: dict) -> str:
                 f"{t['peak_rss_mb']:.0f} MB |"
             )
     fl = r.get("predict_flops", {}).get("flops")
-    for p in ("auto", "32"):
+    for p in PREDICT_PRECISIONS:
         t = r.get(f"predict_{p}")
         if t:
             g = fl / t["predict_s"] / 1e9 if fl else None
@@ -471,6 +486,8 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "cpu_bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or "amx" in f),
+            "auto_precision": precision_reason("cpu"),
             "torch": torch.__version__,
             "batch": BATCH,
             "chip": CHIP,
@@ -496,14 +513,16 @@ def main() -> None:
             results[name] = run_child(argv)
             print(f"{name}: done in {results[name]['item_wall_s']:.0f} s", flush=True)
     results["total_wall_s"] = time.perf_counter() - t_start
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
     md = [
         f"Measured by `python benchmarks/bench.py` ({results['machine']['cores']} CPU cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {BATCH}, "
-        f"{CHIP} x {CHIP} chips; total {results['total_wall_s']:.0f} s). The U-Net-256 is "
+        f"{CHIP} x {CHIP} chips; total {results['total_wall_s']:.0f} s; CPU bf16 flags: "
+        f"{', '.join(results['machine']['cpu_bf16_flags']) or 'none'}; auto = "
+        f"{results['machine']['auto_precision']}). The U-Net-256 is "
         "the pix2pix generator `Pix2PixUNet(3, 1)` (54.4 M parameters); the regression step "
         "uses it with an unbounded head and masked L1. Prediction uses the demo's U-Net "
-        "(base 32, depth 4, stem 4) with 512-px windows.",
+        "(base 32, depth 4, stem 4) with 512-px windows, BatchNorm folded into the convs.",
         "",
         table(results),
     ]
@@ -515,7 +534,7 @@ def main() -> None:
         marker = "<!-- analysis -->"
         if marker in old:
             text += "\n" + old[old.index(marker) :]
-    args.md.write_text(text)
+    write_text_atomic(args.md, text)
     print(text)
 
 

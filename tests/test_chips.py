@@ -129,3 +129,31 @@ def test_augmentation_moves_image_target_and_mask_together(rasters, tmp_path):
             pytest.fail("augmented image is not a rotation/flip of the original")
     assert changed > 0
     json.dumps(st.manifest)  # the manifest stays plain JSON
+
+
+def test_batched_augmentation_equals_per_chip_augmentation():
+    """apply_batch transforms every spatial layer of chip i with its own code, as
+    dihedral() does for that chip alone, and inverts with dihedral_inverse."""
+    from demgen.data.augment import apply_batch, dihedral, dihedral_inverse
+
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    batch = {
+        "image": torch.randn(n, 3, 8, 8, generator=g),
+        "target": torch.randn(n, 1, 8, 8, generator=g),
+        "mask": torch.rand(n, 1, 8, 8, generator=g) > 0.3,
+        "offset": torch.arange(n, dtype=torch.float64),
+        "aug": torch.arange(n) % 8,
+    }
+    out = apply_batch(dict(batch))
+    assert "aug" not in out and torch.equal(out["offset"], batch["offset"])
+    for i in range(n):
+        code = int(batch["aug"][i])
+        for key in ("image", "target", "mask"):
+            assert torch.equal(out[key][i], dihedral(batch[key][i], code))
+            assert torch.equal(dihedral_inverse(out[key][i], code), batch[key][i])
+    # the 8 codes are 8 different transforms of a generic chip
+    assert len({tuple(out["image"][i].flatten()[:5].tolist()) for i in range(8)}) == 8
+    assert apply_batch({"image": batch["image"]})["image"] is batch["image"]
+    with pytest.raises(ValueError, match="square"):
+        apply_batch({"image": torch.zeros(2, 1, 4, 6), "aug": torch.tensor([1, 2])})

@@ -112,7 +112,10 @@ def test_only_train_is_augmented_and_val_test_are_deterministic(store):
     torch.manual_seed(0)
     seen: list[dict[int, torch.Tensor]] = [{}, {}]
     for epoch in range(2):
-        for batch in dm.train_dataloader():
+        for raw in dm.train_dataloader():
+            assert raw["aug"].shape == raw["index"].shape  # drawn per chip, applied below
+            batch = dm.on_after_batch_transfer(raw, 0)  # as the Trainer does, on the device
+            assert "aug" not in batch
             for k, j in enumerate(batch["index"].tolist()):
                 seen[epoch][j] = batch["image"][k]
     moved = sum(
@@ -123,6 +126,7 @@ def test_only_train_is_augmented_and_val_test_are_deterministic(store):
     assert any(not torch.equal(x, seen[1][j]) for j, x in seen[0].items())  # ... anew each epoch
     dm_off = ChipDataModule(store, batch_size=4, augment=False)
     for batch in dm_off.train_dataloader():
+        assert "aug" not in batch
         for k, j in enumerate(batch["index"].tolist()):
             plain = torch.from_numpy(norm.apply(np.asarray(st.image[j], np.float32)))
             assert torch.allclose(batch["image"][k], plain)

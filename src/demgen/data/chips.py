@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from demgen.data.augment import rot_flip
+from demgen.data.augment import SPATIAL_KEYS, dihedral, draw_code
 from demgen.data.normalize import norm_from_dict
 from demgen.errors import InputError
 
@@ -291,10 +291,12 @@ class ChipDataset(Dataset):
     store's (or fold's) training statistics; ``mask`` (1, H, W) bool marks valid pixels (the
     target is 0 where it is False: losses and metrics must ignore those); ``offset`` is the
     chip's offset in metres for per-chip strategies, so ``norm.inverse(target, offset)``
-    gives metres. ``augment=True`` applies a joint random rot90/flip, reproducible from
-    ``seed``, the epoch (:meth:`set_epoch`) and the index; with ``seed=None`` it is drawn
-    from torch's RNG instead (new every epoch, in every DataLoader worker, and governed by
-    ``torch.manual_seed``/``seed_everything``). ``extra=True`` adds ``extra``
+    gives metres. ``augment=True`` applies a joint random flip/rotation (one of the 8 of
+    :mod:`demgen.data.augment`), reproducible from ``seed``, the epoch (:meth:`set_epoch`)
+    and the index; with ``seed=None`` it is drawn from torch's RNG instead (new every epoch,
+    in every DataLoader worker, and governed by ``torch.manual_seed``/``seed_everything``).
+    ``defer_augment=True`` only draws it, as ``aug`` (the code), for
+    :func:`demgen.data.augment.apply_batch` to apply to the whole batch on its device. ``extra=True`` adds ``extra``
     (E, H, W) float32: the store's extra layers as stored (heights in metres, see
     :attr:`ChipStore.extras`), 0 where ``mask`` is False so no NaN reaches a network, and
     ``extra_valid`` (E, H, W) bool, False there and in a layer's own gaps (``--extra-gaps``,
@@ -310,6 +312,7 @@ class ChipDataset(Dataset):
         augment: bool = False,
         seed: int | None = 0,
         extra: bool = False,
+        defer_augment: bool = False,
     ) -> None:
         self.store = store if isinstance(store, ChipStore) else ChipStore(store)
         self.idx = self.store.indices(split, fold)
@@ -317,6 +320,7 @@ class ChipDataset(Dataset):
         self.elevation_norm = self.store.elevation_norm(fold)
         self.offsets = self.store.offsets(self.elevation_norm)
         self.augment, self.seed, self.epoch = augment, seed, 0
+        self.defer_augment = defer_augment
         self.with_extra = extra and self.store.extra is not None
 
     def set_epoch(self, epoch: int) -> None:
@@ -331,12 +335,6 @@ class ChipDataset(Dataset):
         arrs = [np.array(s.image[j]), np.array(s.elevation[j]), np.array(s.mask[j])]
         if self.with_extra:
             arrs.append(np.array(s.extra[j]))
-        if self.augment:
-            if self.seed is None:
-                rng = np.random.default_rng(int(torch.randint(2**62, ())))
-            else:
-                rng = np.random.default_rng((self.seed, self.epoch, j))
-            arrs = rot_flip(arrs, int(rng.integers(4)), bool(rng.integers(2)))
         img, hgt, val = arrs[:3]
         off = float(self.offsets[j]) if np.isfinite(self.offsets[j]) else 0.0
         x = self.image_norm.apply(img.astype(np.float32))
@@ -353,6 +351,15 @@ class ChipDataset(Dataset):
             ok = val[None] & np.isfinite(arrs[3])
             out["extra"] = torch.from_numpy(np.where(ok, arrs[3], 0.0).astype(np.float32))
             out["extra_valid"] = torch.from_numpy(ok)
+        if self.augment:
+            rng = None if self.seed is None else np.random.default_rng((self.seed, self.epoch, j))
+            code = draw_code(rng)
+            if self.defer_augment:  # applied to the whole batch by the data module
+                out["aug"] = torch.tensor(code)
+            else:
+                for k in SPATIAL_KEYS:
+                    if k in out:
+                        out[k] = dihedral(out[k], code).contiguous()
         return out
 
 

@@ -12,8 +12,9 @@ or one of its k spatial folds, as :class:`~demgen.data.chips.ChipDataset` batche
     batch["offset"]  # (B,) float64 metres: dm.elevation_norm.inverse(target, offset) is metres
 
 Normalization comes from the store's manifest, fitted there on the training split (of the
-fold, with ``fold``). Only the training loader augments (a joint random rot90/flip of image,
-target, mask and extra layers) and shuffles; val and test are unaugmented and in store
+fold, with ``fold``). Only the training loader augments (a joint random flip/rotation of
+image, target, mask and extra layers, drawn per chip by the dataset and applied to the whole
+batch on its device after the transfer, see :mod:`demgen.data.augment`) and shuffles; val and test are unaugmented and in store
 order, so they are deterministic. The training loader uses ``shuffle=True`` rather than a
 custom sampler, so under DDP Lightning swaps in its ``DistributedSampler``.
 
@@ -29,6 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from demgen.data.augment import apply_batch
 from demgen.data.chips import ChipDataset, ChipStore
 
 
@@ -117,6 +119,7 @@ class ChipDataModule(pl.LightningDataModule):
                 augment=self.augment and train,
                 seed=self.augment_seed,
                 extra=self.extra,
+                defer_augment=True,
             )
         return self.datasets[stage]
 
@@ -144,6 +147,10 @@ class ChipDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches on their device: one batched op per flip/rotation."""
+        return apply_batch(batch) if isinstance(batch, dict) else batch
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

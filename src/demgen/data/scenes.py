@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from demgen.data.augment import rot_flip
+from demgen.data.augment import apply_batch, draw_code
 from demgen.data.normalize import ElevationNorm, ImageNorm
 from demgen.errors import InputError
 from demgen.io.raster import read_raster, same_grid
@@ -72,7 +72,8 @@ def fit_norms(scenes: list[Scene], max_pixels: int = 2_000_000, seed: int = 0):
 class SceneChips(Dataset):
     """Chips of normalized image, normalized height and mask, cut from in-memory scenes.
 
-    ``random=True`` draws ``length`` random windows with augmentation (training);
+    ``random=True`` draws ``length`` random windows and a flip/rotation for each, returned
+    as ``aug`` for :func:`~demgen.data.augment.apply_batch` (training);
     ``random=False`` tiles each scene on a fixed, non-overlapping grid (validation).
     """
 
@@ -118,22 +119,22 @@ class SceneChips(Dataset):
             si = int(rng.integers(len(self.scenes)))
             h, w = self.scenes[si].height.shape
             r, col = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            code = draw_code(rng)
         else:
             si, r, col = self.grid[i]
-            k, flip = 0, False
         s = self.scenes[si]
         win = (slice(r, r + c), slice(col, col + c))
-        img, hgt, val = rot_flip(
-            [s.image[(slice(None), *win)], s.height[win], s.valid[win]], k, flip
-        )
+        img, hgt, val = s.image[(slice(None), *win)], s.height[win], s.valid[win]
         x = self.image_norm.apply(img.astype(np.float32))
         y = self.elevation_norm.forward(np.where(val, hgt, self.elevation_norm.vmin))
-        return {
+        out = {
             "image": torch.from_numpy(np.asarray(x, np.float32)),
             "target": torch.from_numpy(np.asarray(y, np.float32))[None],
-            "mask": torch.from_numpy(val)[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(val))[None],
         }
+        if self.random:  # the flip/rotation is applied to the batch (apply_batch)
+            out["aug"] = torch.tensor(code)
+        return out
 
 
 class SceneDataModule(L.LightningDataModule):
@@ -175,6 +176,10 @@ class SceneDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Flip/rotate training batches on their device, as drawn per chip."""
+        return apply_batch(batch) if isinstance(batch, dict) else batch
 
     @property
     def steps_per_epoch(self) -> int:

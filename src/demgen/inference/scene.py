@@ -27,6 +27,7 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from demgen.data.augment import dihedral, dihedral_inverse
 from demgen.errors import InputError, first_line
 from demgen.io.raster import (
     bounded_gdal_cache,
@@ -71,19 +72,6 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, in
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
     return x, (h, w)
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 flips/rotations of the square's symmetry group (k in 0..7)."""
-    if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Undo :func:`dihedral` with the same k."""
-    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
-    return x.flip(-1) if k >= 4 else x
 
 
 def _autocast(device: str, amp_dtype: torch.dtype | None):
