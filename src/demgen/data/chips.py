@@ -296,11 +296,11 @@ class ChipDataset(Dataset):
     and the index; with ``seed=None`` it is drawn from torch's RNG instead (new every epoch,
     in every DataLoader worker, and governed by ``torch.manual_seed``/``seed_everything``).
     ``defer_augment=True`` only draws it, as ``aug`` (the code), for
-    :func:`demgen.data.augment.apply_batch` to apply to the whole batch on its device. ``extra=True`` adds ``extra``
-    (E, H, W) float32: the store's extra layers as stored (heights in metres, see
-    :attr:`ChipStore.extras`), 0 where ``mask`` is False so no NaN reaches a network, and
-    ``extra_valid`` (E, H, W) bool, False there and in a layer's own gaps (``--extra-gaps``,
-    e.g. the holes of an initial DSM, also 0 in ``extra``).
+    :func:`demgen.data.augment.apply_batch` to apply to the whole batch on its device.
+    ``extra=True`` adds ``extra`` (E, H, W) float32: the store's extra layers as stored
+    (heights in metres, see :attr:`ChipStore.extras`), 0 where ``mask`` is False so no NaN
+    reaches a network, and ``extra_valid`` (E, H, W) bool, False there and in a layer's own
+    gaps (``--extra-gaps``, e.g. the holes of an initial DSM, also 0 in ``extra``).
     """
 
     def __init__(

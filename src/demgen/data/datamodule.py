@@ -14,9 +14,10 @@ or one of its k spatial folds, as :class:`~demgen.data.chips.ChipDataset` batche
 Normalization comes from the store's manifest, fitted there on the training split (of the
 fold, with ``fold``). Only the training loader augments (a joint random flip/rotation of
 image, target, mask and extra layers, drawn per chip by the dataset and applied to the whole
-batch on its device after the transfer, see :mod:`demgen.data.augment`) and shuffles; val and test are unaugmented and in store
-order, so they are deterministic. The training loader uses ``shuffle=True`` rather than a
-custom sampler, so under DDP Lightning swaps in its ``DistributedSampler``.
+batch on its device after the transfer, see :mod:`demgen.data.augment`) and shuffles; val
+and test are unaugmented and in store order, so they are deterministic. The training loader
+uses ``shuffle=True`` rather than a custom sampler, so under DDP Lightning swaps in its
+``DistributedSampler``.
 
 The normalization dicts, bands and store path are in :meth:`state_dict`, which Lightning
 saves in every checkpoint; a task can also copy :attr:`normalization` and :attr:`bands`
