@@ -46,7 +46,7 @@ def _trainer(max_epochs: int) -> dict[str, Any]:
 def _data(store: str, batch_size: int, **extra: Any) -> dict[str, Any]:
     return {
         "class_path": "demgen.data.datamodule.ChipDataModule",
-        "init_args": {"store": store, "batch_size": batch_size, "num_workers": 4,
+        "init_args": {"store": store, "batch_size": batch_size, "num_workers": "auto",
                       "augment": True, **extra},
     }  # fmt: skip
 

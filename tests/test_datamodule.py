@@ -183,3 +183,20 @@ def test_trainer_fits_and_checkpoint_carries_normalization(store, tmp_path):
     state["normalization"] = {"image": {}, "elevation": {}}
     with pytest.raises(ValueError, match="normalization differ"):
         dm.load_state_dict(state)
+
+
+def test_workers_and_pinning_are_chosen_for_the_machine(store, monkeypatch):
+    import demgen.data.datamodule as dmod
+
+    monkeypatch.setattr(dmod, "_cuda_available", lambda: False)
+    assert dmod.auto_num_workers() == 0  # CPU training: the cores belong to the model
+    dm = ChipDataModule(store)
+    assert dm.num_workers == 0 and not dm.pin_memory
+    assert ChipDataModule(store, num_workers=3).num_workers == 3
+    monkeypatch.setattr(dmod, "_cuda_available", lambda: True)
+    monkeypatch.setattr(dmod.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert dmod.auto_num_workers() == 8
+    monkeypatch.setattr(dmod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert dmod.auto_num_workers() == 1
+    dm = ChipDataModule(store, augment=False)
+    assert dm.num_workers == 1 and dm.pin_memory

@@ -26,7 +26,8 @@ into its own hyperparameters.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -35,13 +36,33 @@ from demgen.data.augment import apply_batch
 from demgen.data.chips import ChipDataset, ChipStore
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def auto_num_workers() -> int:
+    """Loader worker processes for this machine: none when the model trains on the CPU, where
+    workers take cores from the model and the in-process loader already outruns it (bench:
+    about 880 augmented 256-px chips/s with 0 workers, 590 with 2, against 4-70 samples/s of
+    training on 2 cores); with a GPU, one per free core up to 8, so the GPU never waits."""
+    if not _cuda_available():
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
+
+
 class ChipDataModule(pl.LightningDataModule):
     """Train/val/test loaders over a chip store (or its fold ``fold``).
 
     Args:
         store: chip store folder written by ``demgen prepare``.
         batch_size: chips per batch (every loader).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; ``auto`` (default): :func:`auto_num_workers`.
         augment: random rot90/flip of training chips (never of val/test).
         fold: use k-fold ``fold`` of the store (``--folds``): train on its training part,
             validate and test on its held-out part, with that fold's normalization.
@@ -49,26 +70,29 @@ class ChipDataModule(pl.LightningDataModule):
         augment_seed: None (default) draws augmentations from torch's RNG, so they differ
             every epoch and follow ``seed_everything``; an int fixes them per chip.
         pin_memory, persistent_workers, drop_last: passed to the training DataLoader
-            (``drop_last`` only there).
+            (``drop_last`` only there); ``pin_memory=None`` (default) pins when a GPU is visible.
     """
 
     def __init__(
         self,
         store: str,
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = "auto",
         augment: bool = True,
         fold: int | None = None,
         extra: bool = False,
         augment_seed: int | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         persistent_workers: bool = False,
         drop_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.store_path = str(store)
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size = int(batch_size)
+        self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
+        if pin_memory is None:  # page-locked batches only help a copy to a GPU
+            pin_memory = _cuda_available()
         self.augment, self.fold, self.extra = bool(augment), fold, bool(extra)
         self.augment_seed = augment_seed
         self.pin_memory, self.drop_last = bool(pin_memory), bool(drop_last)

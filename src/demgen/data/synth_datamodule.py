@@ -23,7 +23,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from demgen.data.datamodule import ChipDataModule
 from demgen.data.prepare import PrepareConfig, prepare_rasters
@@ -121,7 +121,7 @@ class SynthWorldDataModule(ChipDataModule):
         fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         block: int = 2,
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = "auto",
         augment: bool = True,
         augment_seed: int | None = None,
         drop_last: bool = False,
