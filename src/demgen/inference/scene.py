@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,9 +116,18 @@ class _ImageReader:
         self.relative = bool(getattr(self.norm, "per_chip", False))
 
     def __call__(self, windows: list[Window]) -> list[_Window]:
+        return self.run(self.load(windows))
+
+    def load(self, windows: list[Window]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Read and normalize a batch of windows (the I/O half, run ahead in a thread)."""
         blocks = [self.src.read(self.band_idx, window=w) for w in windows]
         x = np.stack([self.task.image_norm.apply(b.astype(np.float32)) for b in blocks])
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        return blocks, np.ascontiguousarray(x, dtype=np.float32)
+
+    def run(self, loaded: tuple[list[np.ndarray], np.ndarray]) -> list[_Window]:
+        """Predict a loaded batch: heights in metres and invalid pixels per window."""
+        blocks, x = loaded
+        xt = torch.from_numpy(x).to(self.device)
         z, z_std = _tta_runs(lambda t: self._run(t["image"]), {"image": xt}, self.tta)
         out = []
         for j, blk in enumerate(blocks):
@@ -164,6 +174,10 @@ class _RefineReader:
         return a
 
     def __call__(self, windows: list[Window]) -> list[_Window]:
+        return self.run(self.load(windows))
+
+    def load(self, windows: list[Window]) -> dict[str, np.ndarray]:
+        """Read and stack every input layer of a batch of windows (the I/O half)."""
         task = self.task
         needed = {e.get("layer", e["name"]) for e in task.extras} & set(self.layers)
         images, extras, invalid = [], [], []
@@ -185,17 +199,22 @@ class _RefineReader:
             images.append(task.image_norm.apply(blk))
             extras.append(ext)
             invalid.append(bad)
+        return {"image": np.stack(images), "extra": np.stack(extras), "invalid": np.stack(invalid)}
+
+    def run(self, loaded: dict[str, np.ndarray]) -> list[_Window]:
+        """Refine a loaded batch: heights in metres and invalid pixels per window."""
+        invalid = loaded["invalid"]
         t = {
-            "image": torch.from_numpy(np.stack(images)).float().to(self.device),
-            "extra": torch.from_numpy(np.stack(extras)).float().to(self.device),
-            "mask": torch.from_numpy(~np.stack(invalid))[:, None].to(self.device),
+            "image": torch.from_numpy(loaded["image"]).float().to(self.device),
+            "extra": torch.from_numpy(loaded["extra"]).float().to(self.device),
+            "mask": torch.from_numpy(~invalid)[:, None].to(self.device),
         }
         t["extra_valid"] = torch.isfinite(t["extra"])
         t["extra"] = torch.nan_to_num(t["extra"], nan=0.0)
         mean, std = _tta_runs(self._run, t, self.tta)
         return [
             _Window(mean[j].astype(np.float64), None if std is None else std[j], invalid[j])
-            for j in range(len(windows))
+            for j in range(len(invalid))
         ]
 
     def _run(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -411,13 +430,7 @@ def _predict(task, reader, grid, out_path, *, window, overlap, batch_size, tta, 
         with open_writer(tiff_path, profile, descriptions=descriptions,
                          units=["metre"] * n_out, tags=tags) as dst:  # fmt: skip
             blender = _Blender(grid, dst, win, n_out, reader.relative, ref)
-            for ri, (r, cols) in enumerate(rows):
-                blender.start_row(r)
-                for c0 in range(0, len(cols), batch_size):
-                    batch_cols = cols[c0 : c0 + batch_size]
-                    blender.add(r, batch_cols, reader)
-                    bar.update(len(batch_cols))
-                blender.flush(rows[ri + 1][0] if ri + 1 < len(rows) else H)
+            _run_pipeline(rows, batch_size, blender, reader, H, bar)
         if cog:
             write_cog(tiff_path, final_path)
     finally:
@@ -425,6 +438,34 @@ def _predict(task, reader, grid, out_path, *, window, overlap, batch_size, tta, 
         if cog:
             tiff_path.unlink(missing_ok=True)
     return final_path
+
+
+def _run_pipeline(rows, batch_size, blender, reader, H, bar) -> None:
+    """Predict and blend every window, row by row, with the I/O in a second thread: while
+    the model runs on one batch, the thread reads the next one and writes finished rows
+    (GDAL decompresses and compresses there; one thread keeps every dataset single-user)."""
+    jobs = [
+        (ri, r, cols[c0 : c0 + batch_size])
+        for ri, (r, cols) in enumerate(rows)
+        for c0 in range(0, len(cols), batch_size)
+    ]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demgen-io") as io:
+        writes = []
+        pending = io.submit(reader.load, blender.windows(*jobs[0][1:])) if jobs else None
+        for i, (ri, r, cols) in enumerate(jobs):
+            loaded = pending.result()
+            if i + 1 < len(jobs):
+                pending = io.submit(reader.load, blender.windows(*jobs[i + 1][1:]))
+            if i == 0 or jobs[i - 1][0] != ri:
+                blender.start_row(r)
+            blender.add(r, cols, reader.run(loaded))
+            bar.update(len(cols))
+            if i + 1 == len(jobs) or jobs[i + 1][0] != ri:
+                next_r = rows[ri + 1][0] if ri + 1 < len(rows) else H
+                values, window = blender.finish(next_r)
+                writes.append(io.submit(blender.dst.write, values, window=window))
+        for w in writes:
+            w.result()  # re-raise a failed write
 
 
 class _Blender:
@@ -450,13 +491,17 @@ class _Blender:
             self.acc[:, -shift:], self.wsum[-shift:], self.bad[-shift:] = 0, 0, False
             self.top = r
 
-    def add(self, r: int, cols: list[int], reader) -> None:
-        """Predict the windows at row ``r`` and columns ``cols``, and blend them in."""
+    def windows(self, r: int, cols: list[int]) -> list[Window]:
+        """The windows at scene row ``r`` and columns ``cols`` (clipped to the scene)."""
         H, W, win = self.grid.height, self.grid.width, self.win
+        return [Window(c, r, min(win, W - c), min(win, H - r)) for c in cols]
+
+    def add(self, r: int, cols: list[int], outs: list[_Window]) -> None:
+        """Blend the predicted windows at row ``r`` and columns ``cols`` in."""
+        H, win = self.grid.height, self.win
         h = min(win, H - r)
-        windows = [Window(c, r, min(win, W - c), h) for c in cols]
         rr = r - self.top
-        for c, out in zip(cols, reader(windows), strict=True):
+        for c, out in zip(cols, outs, strict=True):
             w = out.metres.shape[1]
             metres = out.metres
             if self.relative:
@@ -468,12 +513,13 @@ class _Blender:
             self.wsum[rr : rr + h, c : c + w] += wt
             self.bad[rr : rr + h, c : c + w] |= out.invalid
 
-    def flush(self, next_r: int) -> None:
-        """Write rows above ``next_r``: no later window reaches them."""
+    def finish(self, next_r: int) -> tuple[np.ndarray, Window]:
+        """The final values of the rows above ``next_r`` (no later window reaches them) and
+        where to write them; a new array, so the strip can move on while it is written."""
         k = next_r - self.top
         out = self.acc[:, :k] / np.maximum(self.wsum[:k], 1e-12)
         out[:, self.bad[:k]] = NODATA
-        self.dst.write(out.astype(np.float32), window=Window(0, self.top, self.grid.width, k))
+        return out.astype(np.float32), Window(0, self.top, self.grid.width, k)
 
     def _offset(self, metres: np.ndarray, valid: np.ndarray, r: int, c: int) -> float:
         """The offset (m) anchoring one relative window: the reference's mean over the
