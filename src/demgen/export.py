@@ -19,6 +19,7 @@ import torch
 
 from demgen.errors import InputError
 from demgen.io.raster import atomic_path, write_text_atomic
+from demgen.models.fusion import fuse_conv_bn
 from demgen.tasks.regression import DEMRegressionTask
 
 FORMATS = ("torchscript", "onnx")
@@ -49,6 +50,7 @@ def export_model(task: DEMRegressionTask, output: str | Path, fmt: str = "torchs
     model = (
         copy.deepcopy(task.model).float().eval().to("cpu", memory_format=torch.contiguous_format)
     )
+    fuse_conv_bn(model)  # inference-only graph: BatchNorms folded into their convs
     size = task.hparams.chip_size - task.hparams.chip_size % task.size_multiple
     example = torch.zeros(1, len(task.bands), size, size)
     with warnings.catch_warnings(), atomic_path(output) as tmp:
