@@ -411,3 +411,25 @@ def test_instance_norm_is_instancenorm2d_exactly():
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
     xc = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(ours(xc), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_first_conv_computes_in_float32_under_bf16_autocast(name):
+    """The input conv keeps full input precision; the next layers run in bf16."""
+    from demgen.models.fp32 import Float32Conv2d
+
+    m = build_model(name, **SMALL[name])
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert isinstance(convs[0], Float32Conv2d)  # the first conv registered is the input conv
+    assert sum(isinstance(c, Float32Conv2d) for c in convs) == 1
+    dtypes = []
+    hooks = [c.register_forward_hook(lambda mod, i, o: dtypes.append(o.dtype)) for c in convs]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(torch.randn(2, 4, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert dtypes[0] == torch.float32 and torch.bfloat16 in dtypes[1:]
+    with pytest.raises(TypeError):
+        from demgen.models.fp32 import float32_input
+
+        float32_input(nn.ConvTranspose2d(2, 2, 2))

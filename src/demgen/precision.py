@@ -71,7 +71,8 @@ def resolve_precision(precision: str = "auto", device: str | None = None) -> str
     """Map ``auto|bf16|32`` to a Lightning precision string for ``device`` (cpu or cuda).
 
     ``auto`` is ``bf16-mixed`` where :func:`bf16_is_fast` and ``32-true`` elsewhere;
-    autocast keeps reductions, the model head, the losses and the metrics in fp32.
+    under autocast, reductions, every model's input conv and head, the losses and the
+    metrics stay in fp32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

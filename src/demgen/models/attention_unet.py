@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from demgen.models.fp32 import float32_input
+
 
 class ConvBlock(nn.Sequential):
     """Two 3x3 conv -> BatchNorm -> ReLU layers."""
@@ -89,6 +91,7 @@ class AttentionUNet(nn.Module):
             self.gates.append(AttentionGate(skip, coarse, max(skip // 2, 1)))
             self.ups.append(nn.ConvTranspose2d(coarse, skip, 2, stride=2))
             self.decoders.append(ConvBlock(2 * skip, skip))
+        float32_input(self.encoders[0][0])
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     @property

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from demgen.models.attention import make_attention
+from demgen.models.fp32 import float32_input
 from demgen.models.pix2pix import NORMS, norm_layer
 
 
@@ -61,6 +62,7 @@ class PatchGAN(nn.Module):
         self.blocks = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(in_channels, base, 4, stride=2, padding=1), nn.LeakyReLU(0.2))]
         )
+        float32_input(self.blocks[0][0])
         self.attention = nn.ModuleList([nn.Identity()])
         width = base
         for n in range(1, n_layers + 1):

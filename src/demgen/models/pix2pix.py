@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from demgen.models.attention import make_attention
+from demgen.models.fp32 import float32_input
 
 NORMS = ("instance", "batch", "none")
 
@@ -98,6 +99,7 @@ class Pix2PixUNet(nn.Module):
             if has_norm:
                 layers.append(norm_layer(norm, width))
             self.down.append(nn.Sequential(*layers))
+        float32_input(self.down[0][0])
 
         # up[level] takes features at the resolution of down[level]'s output up one level.
         self.up = nn.ModuleList()

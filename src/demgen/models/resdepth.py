@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from demgen.models.fp32 import float32_input
+
 
 def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """3x3 conv (no bias) -> BatchNorm -> ReLU."""
@@ -58,6 +60,7 @@ class ResDepthUNet(nn.Module):
         for w in widths:
             self.encoders.append(conv_block(ch, w))
             ch = w
+        float32_input(self.encoders[0][0])
         self.bottleneck = conv_block(ch, ch)
         # ups[k] / decoders[k] work at level depth - 1 - k; the last level has no conv block.
         self.ups = nn.ModuleList(nn.ConvTranspose2d(w, w, 2, stride=2) for w in reversed(widths))

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from demgen.models.fp32 import float32_input
+
 # Blocks per stage, from the ResNet paper's table 1.
 RESNET_LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 DECODER_WIDTHS = (256, 128, 64, 32, 16)
@@ -70,7 +72,7 @@ class ResNetEncoder(nn.Module):
         if encoder not in RESNET_LAYERS:
             raise ValueError(f"unknown encoder {encoder!r}; choose from {sorted(RESNET_LAYERS)}")
         self.name = encoder
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.conv1 = float32_input(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False))
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)

@@ -3,7 +3,8 @@
 Encoder of double 3x3 conv blocks with max-pooling, a decoder that upsamples
 bilinearly and concatenates the encoder's features, and a 1x1 head. The head runs
 in float32 even under bf16 autocast, so heights are never rounded to 8 mantissa
-bits before they are turned into metres.
+bits before they are turned into metres; so does the first conv, which reads the inputs
+at full precision (:mod:`demgen.models.fp32`).
 
 ``stem`` > 1 runs the U-Net on a space-to-depth copy of the input (PixelUnshuffle,
 Shi et al., 2016, arXiv:1609.05158) at 1/stem resolution, upsamples its output
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from demgen.models.fp32 import float32_input
 
 
 class DoubleConv(nn.Sequential):
@@ -65,6 +68,7 @@ class UNet(nn.Module):
         for w in reversed(widths[:-1]):
             self.decoders.append(DoubleConv(ch + w, w))
             ch = w
+        float32_input(self.encoders[0][0])
         self.head = nn.Conv2d(ch, out_channels, 1)
         self.refine = None
         if stem > 1:
