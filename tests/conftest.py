@@ -24,3 +24,15 @@ def image_file(tmp_path, transform):
     path = tmp_path / "image.tif"
     write_raster(path, img, crs=UTM, transform=transform, descriptions=["B2", "B3", "B4", "B8"])
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: two threads on a shared 2-core machine run small
+    convolutions up to ~20x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

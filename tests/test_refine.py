@@ -23,13 +23,8 @@ TINY = {"base": 16, "depth": 3}
 EPOCHS = int(os.environ.get("REFINE_EPOCHS", 60))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine run these small convolutions ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny convolutions run fastest, and immune to oversubscription, on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

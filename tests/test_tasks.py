@@ -23,13 +23,8 @@ TINY_G = {"base": 8, "depth": 5, "dropout": 0.0}  # pix2pix U-Net, 32 px -> 1 px
 TINY_D = {"base": 8, "n_layers": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs are fastest, and immune to oversubscription, on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny convolutions run fastest, and immune to oversubscription, on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(b=4, n=32, seed=0):
