@@ -174,7 +174,7 @@ def test_trainer_fits_and_checkpoint_carries_normalization(store, tmp_path):
     trainer.fit(_Tiny(), datamodule=dm)
     ckpt_path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt_path)
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)
     state = ckpt["ChipDataModule"]
     assert state["bands"] == ["R", "G", "B"]
     assert state["normalization"]["elevation"]["strategy"] == "residual"

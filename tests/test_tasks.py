@@ -83,7 +83,7 @@ def _drop(values):
 def _check_checkpoint(trainer, task, tmp_path, batch):
     path = tmp_path / f"{task.task_name}.ckpt"
     trainer.save_checkpoint(path)
-    raw = torch.load(path, weights_only=False)
+    raw = torch.load(path, weights_only=True)
     assert raw[TASK_KEY] == task.task_name
     hp = raw["hyper_parameters"]
     assert hp["task"] == task.task_name and hp["chip_size"] == 32 and hp["target"] == "dtm"

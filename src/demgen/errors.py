@@ -9,6 +9,10 @@ class InputError(DemgenError):
     """A file or argument is missing, unreadable or inconsistent; the message names it."""
 
 
+class CheckpointError(InputError):
+    """A checkpoint is missing, damaged, not demgen's, or holds more than plain data."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (or its type), for one-line reports."""
     text = str(exc).strip()

@@ -58,6 +58,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from demgen import __version__
 from demgen.errors import InputError
+from demgen.io.checkpoint import read_checkpoint
 from demgen.precision import precision_reason, resolve_precision
 
 RUN_DIR_ENV = "DEMGEN_FIT_RUN_DIR"  # set by rank 0 so DDP child processes log to its folder
@@ -391,7 +392,7 @@ class DemgenCLI(LightningCLI):
         else:
             self.run_dir = root / f"version_{versions[-1][0] + 1 if versions else 0}"
         if self.ckpt_path and _is_global_zero():
-            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+            state = read_checkpoint(self.ckpt_path)  # data only: never runs pickled code
             trim_metrics(
                 self.run_dir / "metrics.csv", int(state["epoch"]), int(state["global_step"])
             )
@@ -480,7 +481,9 @@ def _fit(args: Sequence[str], log: Callable[[str], None] | None) -> Path | None:
     if trainer.is_global_zero and log and cli.own_loggers and not trainer.fast_dev_run:
         log(f"[demgen fit] run folder {cli.run_dir}")
         log(f"[demgen fit] precision {trainer.precision} ({precision_reason()} for auto)")
-    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path)
+    if cli.ckpt_path:
+        read_checkpoint(cli.ckpt_path)  # every rank refuses a code-carrying file unrun
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
     # trainer.log_dir would broadcast, and the other ranks may have left already
     if not trainer.is_global_zero or trainer.fast_dev_run or not trainer.loggers:
         return None

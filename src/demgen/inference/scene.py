@@ -29,7 +29,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from demgen.data.augment import dihedral, dihedral_inverse
-from demgen.errors import InputError, first_line
+from demgen.errors import CheckpointError, InputError, first_line
 from demgen.io.raster import (
     bounded_gdal_cache,
     geotiff_profile,
@@ -543,29 +543,23 @@ def load_task(checkpoint: str | Path, device: str = "cpu") -> DEMTask:
     """Load a task checkpoint as the class that wrote it (regression, pix2pix, drpan, ...).
 
     The class is picked by the task name saved in the checkpoint (checkpoints without
-    one are regression). A missing or corrupt file, or an unknown task, raises InputError.
+    one are regression). The file is read as data only (``weights_only=True``): a missing,
+    corrupt or code-carrying file, or an unknown task, raises CheckpointError.
     """
+    from demgen.io.checkpoint import read_checkpoint
     from demgen.tasks import task_class
     from demgen.tasks.common import checkpoint_task
 
     checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
-        raise InputError(f"{checkpoint}: no such checkpoint")
-    try:
-        # A demgen checkpoint holds plain config dicts besides tensors, as Lightning's do.
-        name = checkpoint_task(torch.load(checkpoint, map_location="cpu", weights_only=False))
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise InputError(
-            f"{checkpoint}: not a readable demgen checkpoint ({first_line(exc)})"
-        ) from exc
+    name = checkpoint_task(read_checkpoint(checkpoint))
     try:
         cls = task_class(name)
     except ValueError as exc:
-        raise InputError(f"{checkpoint}: {exc}") from exc
+        raise CheckpointError(f"{checkpoint}: {exc}") from exc
     try:
-        return cls.load_from_checkpoint(checkpoint, map_location=device)
+        return cls.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
     except Exception as exc:
-        raise InputError(
+        raise CheckpointError(
             f"{checkpoint}: not a readable demgen checkpoint ({first_line(exc)})"
         ) from exc
 
