@@ -194,13 +194,10 @@ def write_cog(src_path: str | os.PathLike, dst_path: str | os.PathLike) -> Path:
 
 
 def pixel_size_metres(ds: rasterio.io.DatasetReader) -> float:
-    """Pixel side in metres (geometric mean of x and y); degrees are converted at the centre."""
-    px = (abs(ds.transform.a) + abs(ds.transform.e)) / 2.0
-    if ds.crs is not None and ds.crs.is_geographic:
-        lat = (ds.bounds.top + ds.bounds.bottom) / 2.0
-        return px * 111_320.0 * float(np.cos(np.radians(lat))) ** 0.5
-    factor = ds.crs.linear_units_factor[1] if ds.crs is not None else 1.0
-    return px * factor
+    """Pixel side in metres: the geometric mean of x and y (:mod:`demgen.io.geodesy`)."""
+    from demgen.io.geodesy import mean_pixel_size_m, pixel_size_m_of
+
+    return mean_pixel_size_m(pixel_size_m_of(ds))
 
 
 GDAL_CACHE_MB = 256  # GDAL's default block cache is 5 % of RAM: 1.2 GB on a 24 GB machine
