@@ -4,10 +4,11 @@ masks from nodata, NaN, clouds and scene edges propagate into the store."""
 import numpy as np
 import pytest
 import rasterio
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 
-from demgen.data.align import AlignedScene, image_scenes, scene_grid
+from demgen.data.align import AlignedScene, Grid, image_scenes, resampling_for, scene_grid
 from demgen.data.chips import ChipStore
 from demgen.data.prepare import PrepareConfig, prepare_rasters
 from demgen.data.synth import SceneConfig, generate_scene
@@ -178,3 +179,113 @@ def test_band_order_file_order_for_one_raster_band_number_for_per_band_files(tmp
     assert [b.name for b in image_scenes(sorted(tmp_path.glob("LT5_B*.TIF")), ["3"])[0].bands] == [
         "B10"
     ]
+
+
+def _lidar_pair(tmp_path, nodata_at=None):
+    """A 1 m DEM (plane + a +-5 m checkerboard of 3 m squares) and a 10 m image over it."""
+    n, f = 320, 10  # 320 m square: 1 m DEM, 32 x 32 px of 10 m
+    x0, y0 = 500_000.0, 5_200_000.0
+    rr, cc = np.mgrid[0:n, 0:n].astype(np.float64)
+    plane = 100.0 + 0.1 * cc + 0.05 * rr
+    checker = 5.0 * (-1.0) ** ((rr // 3) + (cc // 3))
+    dem = plane + checker
+    dem[200:210, 110:120] += 10.0  # a 10 x 10 m building, 10 m tall, on one 10 m cell
+    dem = dem.astype(np.float32)
+    if nodata_at is not None:
+        dem[nodata_at] = -9999.0
+    fine = rasterio.transform.from_origin(x0, y0, 1.0, 1.0)
+    coarse = rasterio.transform.from_origin(x0, y0, 10.0, 10.0)
+    write_raster(tmp_path / "lidar.tif", dem, crs="EPSG:32633", transform=fine, nodata=-9999.0)
+    img = np.random.default_rng(0).integers(100, 3000, (3, n // f, n // f)).astype(np.uint16)
+    write_raster(tmp_path / "s2.tif", img, crs="EPSG:32633", transform=coarse)
+    return dem, f
+
+
+def test_fine_dem_and_height_extra_are_averaged_onto_a_coarse_grid(tmp_path):
+    # The 10 m truth is the block mean. GDAL's bilinear (a tent over two cells when shrinking)
+    # made the building 5.6 m tall and spilt 0.9 m onto its neighbours; nearest is +-5 m off.
+    dem, f = _lidar_pair(tmp_path, nodata_at=(15, 27))
+    clouds = np.zeros(dem.shape, np.uint8)
+    clouds[57, 295] = 1  # one cloudy 1 m pixel clouds its 10 m cell
+    fine = rasterio.transform.from_origin(500_000.0, 5_200_000.0, 1, 1)
+    write_raster(tmp_path / "cl.tif", clouds, crs="EPSG:32633", transform=fine)
+    cfg = PrepareConfig(chip_size=16, grid="image", max_invalid=0.5, block=1)
+    st = ChipStore(
+        prepare_rasters(
+            [tmp_path / "s2.tif"],
+            [tmp_path / "lidar.tif"],
+            tmp_path / "st",
+            cfg,
+            extras=[tmp_path / "lidar.tif"],
+            cloud_masks=[tmp_path / "cl.tif"],
+        )  # fmt: skip
+    )
+    means = dem.astype(np.float64).reshape(32, f, 32, f).mean(axis=(1, 3))
+    expect_valid = np.ones((32, 32), bool)
+    expect_valid[1, 2] = False  # holds the one nodata pixel: any invalid fine pixel
+    expect_valid[5, 29] = False  # the cloud
+    h = np.full((32, 32), np.nan)
+    e = np.full((32, 32), np.nan)
+    for j, ch in enumerate(st.chips):
+        r, c = ch["row"], ch["col"]
+        h[r : r + 16, c : c + 16] = st.elevation[j]
+        e[r : r + 16, c : c + 16] = st.extra[j, 0]
+    np.testing.assert_array_equal(np.isfinite(h), expect_valid)
+    np.testing.assert_allclose(h[expect_valid], means[expect_valid], atol=1e-3)
+    np.testing.assert_allclose(e[expect_valid], means[expect_valid], atol=1e-3)
+    assert means[20, 11] - means[20, 10] > 9.9  # the building stands on its cell alone
+    res = st.manifest["scenes"][0]["resampling"]
+    assert res == {"image": ["none"], "dems": ["average"], "extras": ["average"],
+                   "cloud_masks": ["max"]}  # fmt: skip
+    assert st.manifest["extras"][0]["resampling"] == "average"
+
+
+def test_averaged_cells_reaching_outside_the_source_are_invalid(tmp_path):
+    _lidar_pair(tmp_path)
+    # a 10 m grid shifted by 5 m: its edge cells are half outside the 1 m DEM
+    grid = Grid(CRS.from_epsg(32633),
+                rasterio.transform.from_origin(499_995.0, 5_200_005.0, 10, 10), 33, 33)  # fmt: skip
+    (img,) = image_scenes([tmp_path / "s2.tif"])
+    with AlignedScene(img, [tmp_path / "lidar.tif"], grid) as al:
+        _, h, _, _ = al.read(rasterio.windows.Window(0, 0, 33, 33))
+    inner = np.zeros((33, 33), bool)
+    inner[1:-1, 1:-1] = True
+    assert np.isfinite(h[inner]).all() and not np.isfinite(h[~inner]).any()
+
+
+def test_resampling_rule_threshold():
+    assert resampling_for("continuous", 10.0) == Resampling.average
+    assert resampling_for("continuous", 1.5) == Resampling.average
+    assert resampling_for("continuous", 1.4) == Resampling.bilinear
+    assert resampling_for("continuous", 0.5) == Resampling.bilinear
+    assert resampling_for("mask", 3.0) == Resampling.max
+    assert resampling_for("mask", 1.0) == Resampling.nearest
+    assert resampling_for("continuous", 10.0, "cubic") == Resampling.cubic
+
+
+def test_inside_the_source_test_across_crs_matches_exact_corners(tmp_path):
+    from rasterio.warp import transform, transform_bounds
+
+    from demgen.data.warp import Layer
+
+    n = 400  # a 1 m UTM DEM; a 10 m Web Mercator grid reaching past it on every side
+    fine = rasterio.transform.from_origin(500_000.0, 5_200_000.0, 1, 1)
+    write_raster(tmp_path / "u.tif", np.ones((n, n), np.float32), crs="EPSG:32633",
+                 transform=fine)  # fmt: skip
+    b = transform_bounds("EPSG:32633", "EPSG:3857", *rasterio.transform.array_bounds(n, n, fine))
+    t = rasterio.transform.from_origin(b[0] - 20, b[3] + 20, 10, 10)
+    grid = Grid(CRS.from_epsg(3857), t, int((b[2] - b[0]) / 10) + 5, int((b[3] - b[1]) / 10) + 5)
+    with rasterio.open(tmp_path / "u.tif") as ds:
+        layer = Layer(tmp_path / "u.tif", ds, grid, Resampling.average)
+        win = rasterio.windows.Window(0, 0, grid.width, grid.height)
+        inside = layer._inside(win)
+        _, valid = layer.read([1], win)
+        cc, rr = np.meshgrid(np.arange(grid.width + 1), np.arange(grid.height + 1))
+        x, y = t * (cc, rr)
+        xs, ys = transform("EPSG:3857", "EPSG:32633", x.ravel(), y.ravel())
+        c, r = ~ds.transform * (np.array(xs).reshape(x.shape), np.array(ys).reshape(x.shape))
+    ok = (c >= -1e-6) & (c <= n + 1e-6) & (r >= -1e-6) & (r <= n + 1e-6)
+    exact = ok[:-1, :-1] & ok[1:, :-1] & ok[:-1, 1:] & ok[1:, 1:]
+    np.testing.assert_array_equal(inside, exact)
+    np.testing.assert_array_equal(valid, exact)
+    assert 0 < exact.sum() < exact.size

@@ -57,3 +57,21 @@ def test_strict_json():
     text = dumps({"a": float("nan"), "b": [float("inf"), np.float32(1.5)], "c": np.int64(3)})
     assert "NaN" not in text and "Infinity" not in text
     assert '"a": null' in text and "1.5" in text
+
+
+def test_write_raster_records_the_vertical_datum(tmp_path):
+    a = np.zeros((8, 8), np.float32)
+    t = from_origin(0, 0, 10, 10)
+    p = write_raster(tmp_path / "v.tif", a, crs="EPSG:32633", transform=t,
+                     vertical_crs="EGM2008 height", tags={"other": "x"})  # fmt: skip
+    with open_raster(p) as ds:
+        assert vertical_crs_of(ds) == "EGM2008 height" and ds.tags()["other"] == "x"
+
+
+def test_horizontal_part_of_a_compound_crs():
+    from demgen.io.geodesy import horizontal_crs
+
+    compound = CRS.from_user_input("EPSG:32633+5773")
+    assert horizontal_crs(compound) == CRS.from_epsg(32633)
+    assert horizontal_crs(CRS.from_epsg(4326)) == CRS.from_epsg(4326)
+    assert horizontal_crs(None) is None

@@ -258,3 +258,99 @@ def test_extra_heights_flag_and_feet_extras_need_z_unit(files, extras, capsys, t
     assert "--extra names must differ" in capsys.readouterr().err
     assert main(prep(files, "--overwrite", "--extra", str(lidar), "--extra-heights", "x")) == 2
     assert "--extra-heights names no --extra layer: x" in capsys.readouterr().err
+
+
+def _strict_loads(text):
+    """json.loads that refuses NaN / Infinity (RFC 8259 JSON only)."""
+    import json
+
+    return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
+def test_geographic_pair_area_and_pixel_size_use_the_geodesy_helper(tmp_path, capsys):
+    from demgen.data.chips import ChipStore
+    from demgen.io.geodesy import pixel_size_m
+
+    # 1 arc-second DEM and image around 45 N (GLO-30-like), 64 x 64 px
+    t = from_origin(10.0, 45.0 + 32 / 3600, 1 / 3600, 1 / 3600)
+    rng = np.random.default_rng(1)
+    write_raster(tmp_path / "img.tif", rng.integers(100, 3000, (3, 64, 64)).astype(np.uint16),
+                 crs="EPSG:4326", transform=t)  # fmt: skip
+    write_raster(tmp_path / "dem.tif", rng.normal(500, 5, (64, 64)).astype(np.float32),
+                 crs="EPSG:4326", transform=t)  # fmt: skip
+    assert main(["prepare", "--image", str(tmp_path / "img.tif"), "--dem",
+                 str(tmp_path / "dem.tif"), "-o", str(tmp_path / "st"), "--chip-size", "16",
+                 "-q"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    m = ChipStore(tmp_path / "st").manifest
+    x, y = pixel_size_m("EPSG:4326", t, 64, 64)
+    assert (x, y) == pytest.approx((21.90, 30.87), abs=0.01)
+    assert m["pixel_size_m"] == pytest.approx([x, y], rel=1e-9)
+    assert m["scenes"][0]["pixel_size_m"] == pytest.approx([x, y], rel=1e-9)
+    # all 16 chips of 16 x 16 px cover the grid once
+    assert m["count"] == 16
+    assert m["area_km2"] == pytest.approx(64 * 64 * x * y / 1e6, rel=1e-9)
+    assert f"pixel size: {x:.2f} x {y:.2f} m; vertical datum: unknown" in out
+
+
+def test_vertical_datum_from_a_compound_crs_or_a_tag_is_recorded(tmp_path, transform):
+    from rasterio.crs import CRS
+
+    from demgen.data.chips import ChipStore
+    from demgen.data.prepare import PrepareConfig, manifest_geodesy_line, prepare_rasters
+    from demgen.errors import InputError
+
+    rng = np.random.default_rng(2)
+    img = rng.integers(100, 3000, (3, 32, 32)).astype(np.uint16)
+    dem = rng.normal(300, 10, (32, 32)).astype(np.float32)
+    compound = CRS.from_user_input("EPSG:32633+5773")  # UTM 33N + EGM96 height
+    write_raster(tmp_path / "img.tif", img, crs="EPSG:32633", transform=transform)
+    write_raster(tmp_path / "dem.tif", dem, crs=compound, transform=transform)
+    write_raster(tmp_path / "tag.tif", dem, crs="EPSG:32633", transform=transform,
+                 vertical_crs="EGM2008 height")  # fmt: skip
+    cfg = PrepareConfig(chip_size=8, block=1)
+    m = ChipStore(prepare_rasters([tmp_path / "img.tif"], [tmp_path / "dem.tif"],
+                                  tmp_path / "a", cfg)).manifest  # fmt: skip
+    assert m["vertical_crs"] == "EGM96 height"
+    assert m["pixel_size_m"] == [10.0, 10.0]
+    # the datum does not move the grid: the image is read as is, not warped
+    assert m["crs"] == "EPSG:32633" and m["scenes"][0]["resampling"]["image"] == ["none"]
+    assert manifest_geodesy_line(m) == "pixel size: 10.00 x 10.00 m; vertical datum: EGM96 height"
+    cfg_x = PrepareConfig(chip_size=8, block=1, extra_names=["initial_dsm"])
+    m = ChipStore(prepare_rasters([tmp_path / "img.tif"], [tmp_path / "tag.tif"],
+                                  tmp_path / "b", cfg_x, extras=[tmp_path / "tag.tif"],
+                                  )).manifest  # fmt: skip
+    assert m["vertical_crs"] == "EGM2008 height"
+    assert m["extras"][0]["vertical_crs"] == "EGM2008 height"
+    with pytest.raises(InputError, match="vertical datum"):
+        prepare_rasters([tmp_path / "img.tif"], [tmp_path / "tag.tif", tmp_path / "dem.tif"],
+                        tmp_path / "c", cfg)  # fmt: skip
+
+
+def test_npz_import_has_no_pixel_size_and_unknown_datum(tmp_path):
+    from demgen.data.chips import ChipStore
+    from demgen.data.prepare import PrepareConfig, prepare_npz
+
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "c.npz", rgb=rng.integers(0, 255, (12, 16, 16, 3)).astype(np.uint8),
+             dem=rng.normal(0, 1, (12, 16, 16)).astype(np.float32))  # fmt: skip
+    m = ChipStore(prepare_npz([tmp_path / "c.npz"], tmp_path / "st", PrepareConfig(chip_size=8)))
+    assert m.manifest["pixel_size_m"] is None and m.manifest["vertical_crs"] == "unknown"
+
+
+def test_manifest_is_strict_json_with_nan_statistics_as_null(files, monkeypatch):
+    import demgen.data.prepare as prepare_mod
+
+    real_fit = prepare_mod._fit
+
+    def nan_fit(*args, **kwargs):
+        norms = real_fit(*args, **kwargs)
+        norms["elevation"]["nan_statistic"] = float("nan")
+        norms["elevation"]["inf_statistic"] = float("inf")
+        return norms
+
+    monkeypatch.setattr(prepare_mod, "_fit", nan_fit)
+    assert main(prep(files)) == 0
+    m = _strict_loads((files / "store" / "manifest.json").read_text())
+    assert m["normalization"]["elevation"]["nan_statistic"] is None
+    assert m["normalization"]["elevation"]["inf_statistic"] is None

@@ -237,3 +237,21 @@ def test_bad_config_raises_input_error(tmp_path: Path, kwargs: dict) -> None:
 
 def test_reliefs_constant() -> None:
     assert RELIEFS == ("plains", "hills", "alpine")
+
+
+def test_height_rasters_carry_the_unknown_vertical_datum(hills: Path) -> None:
+    from demgen.io.geodesy import vertical_crs_of
+
+    for name in ("dtm.tif", "dsm.tif"):
+        with rasterio.open(hills / name) as ds:
+            assert ds.tags()["vertical_crs"] == "unknown" and vertical_crs_of(ds) == "unknown"
+    text = (hills / "scene.json").read_text()
+    meta = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert meta["vertical_crs"] == "unknown"
+
+
+def test_stereo_initial_dsm_carries_the_unknown_vertical_datum(tmp_path: Path) -> None:
+    cfg = SceneConfig(size=48, seed=2, relief="hills", stereo=True, erosion_iterations=2)
+    d = generate_scene(tmp_path / "s", cfg)
+    with rasterio.open(d / "initial_dsm.tif") as ds:
+        assert ds.tags()["vertical_crs"] == "unknown"

@@ -196,3 +196,22 @@ def test_real_landsat_dem_with_bands_321(tmp_path):
     assert data["zmin"] == pytest.approx(62.0) and data["zmax"] == pytest.approx(197.0)
     assert (data["ny"], data["nx"]) == (310, 287)
     assert data["layers"] == ["image", "hillshade", "relief"]
+
+
+def test_grid_pixel_size_is_wgs84_at_the_centre_latitude():
+    from rasterio.crs import CRS
+
+    # a 1 arc-second grid centred on 45 N: 21.90 x 30.87 m on the WGS84 ellipsoid (the old
+    # 111,320 cos(lat) x 110,574 m formula gave 21.87 x 30.72 m: slopes 0.5 % too steep)
+    g = Grid(CRS.from_epsg(4326), from_origin(10.0, 45.0 + 32 / 3600, 1 / 3600, 1 / 3600), 64, 64)
+    assert g.pixel_size_m() == pytest.approx((21.90, 30.87), abs=0.01)
+    assert Grid(CRS.from_epsg(2277), from_origin(0, 0, 10, 10), 8, 8).pixel_size_m() == (
+        pytest.approx(3.048006, rel=1e-6), pytest.approx(3.048006, rel=1e-6))  # fmt: skip
+
+
+def test_embedded_data_is_strict_json():
+    from demgen.viz.viewer import _json_for_script
+
+    text = _json_for_script({"range": [float("nan"), float("inf")], "tag": "</script>"})
+    data = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert data == {"range": [None, None], "tag": "</script>"} and "</" not in text

@@ -7,7 +7,6 @@ Markdown report and a figure.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -27,6 +26,7 @@ from demgen.baselines import LinearBands, MeanElevation
 from demgen.data.scenes import SceneDataModule, load_scene
 from demgen.data.synth import SceneConfig, generate_scene, generate_world
 from demgen.inference.scene import load_task, predict_scene
+from demgen.io.jsonio import write_json
 from demgen.io.raster import atomic_path, read_raster, same_grid, write_text_atomic
 from demgen.metrics.dem import error_stats, valid_pixels
 from demgen.precision import precision_reason, resolve_precision
@@ -164,7 +164,7 @@ def run_demo(
 
     # 5. Report.
     log("5/5 writing metrics.json, report.md, figure.png and learning_curves.png")
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)  # strict JSON: a NaN statistic becomes null
     write_text_atomic(out / "report.md", render_report(metrics))
     pred, pprof = read_raster(pred_path, dtype=np.float32)
     truth, _ = read_raster(test_dir / "dtm.tif", dtype=np.float32)

@@ -52,7 +52,7 @@ Inputs
   --bands picks bands by description/suffix (B4,B3,B2) or 1-based index (4,3,2); they are
   recorded by name. --dem: one or more DEM/DSM/DTM rasters in any CRS (mosaicked: the
   first valid one wins). --extra NAME=PATH ...: refinement layers (initial DSM, second
-  ortho, triangulation error), warped bilinearly onto the same grid and stored as
+  ortho, triangulation error), warped onto the same grid like the DEM and stored as
   extra.npy, their nodata masked like any input; NAME defaults to the file's stem. Layers
   named dsm, dtm, dem, initial_dsm, initial_dem, initial_dtm or height, or listed in
   --extra-heights, are heights: converted by --z-unit like the DEM and stored in metres;
@@ -65,9 +65,14 @@ Inputs
 Alignment and masks
   Everything is warped with rasterio onto the DEM's grid (--grid dem, default), the
   image's (--grid image) or a new one (--crs and/or --resolution), cropped to the ground
-  both cover. Elevation is resampled bilinearly, imagery by average when shrinking 1.5x or
-  more, else bilinearly (--image-resampling), masks by nearest. Reading is windowed (one
-  chip row at a time), so memory stays bounded (a 10980 x 10980 Sentinel-2 tile fits in
+  both cover. Elevation, imagery and extra layers are averaged when the target pixel is
+  1.5x the source's or more (a 1 m lidar DEM onto a 10 m grid: each cell is the mean of its
+  100 heights, not one point sample), else bilinear (--image-resampling overrides imagery);
+  cloud masks take the maximum (any cloudy fine pixel makes the cell cloudy), else the
+  nearest pixel. An averaged cell is invalid when any fine pixel in it is (nodata, NaN,
+  outside the source): mosaic DEM tiles into one VRT first to avoid seams. Sizes compare in
+  metres on the ground (WGS84 degree lengths for geographic rasters). Reading is windowed
+  (one chip row at a time), so memory stays bounded (a 10980 x 10980 Sentinel-2 tile fits in
   well under 2 GB). A pixel is valid unless it is nodata in any input, NaN/inf, outside a
   source (scene edges) or cloudy; chips with more than --max-invalid invalid pixels are
   dropped, the rest keep their mask (invalid heights are NaN, never 0 m).
@@ -82,8 +87,10 @@ Normalization (fitted on the training split only, stored in the manifest)
   a DEM whose metadata says feet is refused unless --z-unit is given.
 
 Store and splits
-  STORE/manifest.json (bands, units, CRS, per-chip provenance: scene, window, transform,
-  valid fraction, height statistics; normalization; splits; extra layers), image.npy
+  STORE/manifest.json (bands, units, CRS, pixel size in metres, the DEM's vertical datum
+  (from a compound CRS such as EPSG:32633+5773 or a vertical_crs tag, else "unknown"),
+  resampling used, per-chip provenance: scene, window, transform, valid fraction, height
+  statistics; normalization; splits; extra layers; strict JSON), image.npy
   (N,C,H,W), elevation.npy (N,H,W float32 metres), mask.npy (N,H,W bool) and extra.npy
   (N,E,H,W float32), read memory-mapped. Splits are spatially blocked: blocks of --block
   x --block chips (shrunk until there are at least 6 blocks) go whole to train/val/test
@@ -157,7 +164,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--image-resampling",
         default="auto",
         choices=("auto", "average", "bilinear", "nearest", "cubic"),
-        help="imagery resampling (auto: average when shrinking, else bilinear)",
+        help="imagery resampling (auto: average when shrinking 1.5x or more, else bilinear)",
     )
     g.add_argument("--chip-size", type=positive_int, default=256, help="pixels (256)")
     g.add_argument("--stride", type=positive_int, help="pixels between chips (chip size)")
@@ -200,7 +207,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from demgen.data.chips import ChipStore, summary
-    from demgen.data.prepare import PrepareConfig, prepare_npz, prepare_rasters
+    from demgen.data.prepare import (
+        PrepareConfig,
+        manifest_geodesy_line,
+        prepare_npz,
+        prepare_rasters,
+    )
     from demgen.errors import InputError
 
     if args.npz and (args.image or args.dem):
@@ -246,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             log=log,
         )
-    print(summary(ChipStore(out)))
+    store = ChipStore(out)
+    text = summary(store)
+    line = manifest_geodesy_line(store.manifest)
+    print(text if line is None or line in text else f"{text}\n{line}")
     print(f"wrote {out} in {time.time() - t0:.1f} s")
     return 0

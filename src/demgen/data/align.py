@@ -4,9 +4,10 @@ Inputs are resolved into :class:`ImageScene` objects (one multi-band raster, one
 band such as Landsat's ``*_B1.TIF`` ... ``*_B7.TIF``, or several of either), a target
 :class:`Grid` is chosen (the DEM's, the image's, or a given CRS and resolution, cropped to
 the ground both cover), and :class:`AlignedScene` reads any window of that grid through
-rasterio's ``WarpedVRT`` (bilinear for elevation, average or bilinear for imagery, nearest
-for masks). Only the requested window is ever warped, so memory stays bounded whatever the
-scene size.
+rasterio's ``WarpedVRT``: every continuous layer (elevation, imagery, extras) is averaged
+when the target pixel is 1.5x or more the source's, else bilinear; cloud masks take the
+maximum or the nearest pixel (the rule and its validity: :mod:`demgen.data.warp`). Only
+the requested window is ever warped, so memory stays bounded whatever the scene size.
 
 Validity of every output pixel combines each input's nodata, NaN/inf, the warp's alpha
 (pixels outside a source: scene edges) and an optional cloud mask (non-zero = cloud).
@@ -25,14 +26,22 @@ from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from demgen.data.warp import (
+    AVERAGE_FROM_SHRINK,
+    CONTINUOUS,
+    MASK,
+    Layer,
+    image_resampling,
+    resampling_for,
+    shrink_factor,
+)
 from demgen.errors import InputError
+from demgen.io.geodesy import horizontal_crs
 from demgen.io.raster import grid_bounds, open_raster
 
 FEET_TO_METRES = 0.3048  # international foot; the US survey foot differs by 2 ppm
@@ -178,13 +187,13 @@ def detect_z_unit(path: str | Path) -> str | None:
 def _footprint(path: Path, dst_crs: CRS) -> tuple[float, float, float, float]:
     with open_raster(path) as ds:
         _check_crs(path, ds)
-        return transform_bounds(ds.crs, dst_crs, *ds.bounds, densify_pts=21)
+        return transform_bounds(horizontal_crs(ds.crs), dst_crs, *ds.bounds, densify_pts=21)
 
 
 def _grid_of(path: Path) -> Grid:
     with open_raster(path) as ds:
         _check_crs(path, ds)
-        return Grid(ds.crs, ds.transform, ds.width, ds.height)
+        return Grid(horizontal_crs(ds.crs), ds.transform, ds.width, ds.height)
 
 
 def _intersect(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, float] | None:
@@ -228,7 +237,7 @@ def scene_grid(
         if g.crs != img_grid.crs:
             raise InputError(f"{f}: band files of one scene must share a CRS ({img_grid.crs})")
     if crs is not None or resolution is not None:
-        target = CRS.from_user_input(crs) if crs is not None else img_grid.crs
+        target = horizontal_crs(CRS.from_user_input(crs)) if crs is not None else img_grid.crs
         img_b = transform_bounds(img_grid.crs, target, *img_grid.bounds, densify_pts=21)
         hits = [(d, _intersect(img_b, _footprint(d, target))) for d in dems]
         inter = [h for _, h in hits if h is not None]
@@ -272,94 +281,6 @@ def scene_grid(
     return out
 
 
-def image_resampling(src_res: float, dst_res: float, method: str = "auto") -> Resampling:
-    """``average`` when shrinking by 1.5x or more, else ``bilinear`` (or the named method)."""
-    if method != "auto":
-        return Resampling[method]
-    return Resampling.average if dst_res >= 1.5 * src_res else Resampling.bilinear
-
-
-class _Layer:
-    """One input file warped to the target grid (or read directly when already on it)."""
-
-    def __init__(self, path: Path, ds: Any, grid: Grid, resampling: Resampling) -> None:
-        self.path = path
-        self.ds = ds
-        self.nodata = ds.nodata
-        self.direct = (
-            ds.crs == grid.crs
-            and (ds.width, ds.height) == (grid.width, grid.height)
-            and all(
-                abs(a - b) < 1e-6 * grid.res[0]
-                for a, b in zip(ds.transform[:6], grid.transform[:6], strict=True)
-            )
-        )
-        self.offset = (0, 0)
-        if not self.direct and ds.crs == grid.crs:
-            # Same CRS and resolution on an aligned pixel grid: read a window, no warping.
-            t, g = ds.transform, grid.transform
-            col, row = (~t) * (g.c, g.f)
-            if (
-                abs(t.a - g.a) < 1e-9 * abs(g.a)
-                and abs(t.e - g.e) < 1e-9 * abs(g.e)
-                and abs(col - round(col)) < 1e-6
-                and abs(row - round(row)) < 1e-6
-                and t.b == 0
-                and t.d == 0
-                and g.b == 0
-                and g.d == 0
-            ):
-                self.direct, self.offset = True, (round(row), round(col))
-        self.vrt = None
-        if not self.direct:
-            self.vrt = WarpedVRT(
-                ds,
-                crs=grid.crs,
-                transform=grid.transform,
-                width=grid.width,
-                height=grid.height,
-                resampling=resampling,
-                add_alpha=True,
-            )
-
-    def read(self, bidx: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """(bands, h, w) values and (h, w) validity of ``window`` of the target grid."""
-        try:
-            if self.vrt is not None:
-                data = self.vrt.read(list(bidx), window=window)
-                valid = self.vrt.read(self.vrt.count, window=window) >= 128
-            else:
-                r, c = self.offset
-                w = Window(window.col_off + c, window.row_off + r, window.width, window.height)
-                data = self.ds.read(
-                    list(bidx), window=w, boundless=True, fill_value=self.nodata or 0
-                )
-                valid = np.ones(data.shape[1:], bool)
-                inside = (
-                    w.col_off >= 0
-                    and w.row_off >= 0
-                    and w.col_off + w.width <= self.ds.width
-                    and w.row_off + w.height <= self.ds.height
-                )
-                if not inside:
-                    rows = np.arange(w.row_off, w.row_off + w.height)
-                    cols = np.arange(w.col_off, w.col_off + w.width)
-                    valid &= ((rows >= 0) & (rows < self.ds.height))[:, None]
-                    valid &= ((cols >= 0) & (cols < self.ds.width))[None, :]
-                if self.nodata is not None and not np.isnan(self.nodata):
-                    valid &= np.all(data != self.nodata, axis=0)
-        except RasterioError as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.path}: read failed ({msg})") from exc
-        if data.dtype.kind == "f":
-            valid &= np.all(np.isfinite(data), axis=0)
-        return data, valid
-
-    def close(self) -> None:
-        if self.vrt is not None:
-            self.vrt.close()
-
-
 class AlignedScene(contextlib.AbstractContextManager):
     """An image scene, its DEMs and optional extra layers and cloud masks on one grid.
 
@@ -400,18 +321,12 @@ class AlignedScene(contextlib.AbstractContextManager):
             self._img_layers = []
             for f in scene.files:
                 ds = self._open(f)
-                rs = image_resampling(_res_in(ds, grid), grid.res[0], image_method)
-                layer = _Layer(f, ds, grid, rs)
+                rs = resampling_for(CONTINUOUS, shrink_factor(ds, grid), image_method)
+                layer = Layer(f, ds, grid, rs)
                 self._img_layers.append((layer, [b.index for b in scene.bands if b.path == f]))
-            self._dems = [
-                _Layer(Path(d), self._open(Path(d)), grid, Resampling.bilinear) for d in dems
-            ]
-            self._extras = [
-                _Layer(Path(e), self._open(Path(e)), grid, Resampling.bilinear) for e in extras
-            ]
-            self._clouds = [
-                _Layer(Path(c), self._open(Path(c)), grid, Resampling.nearest) for c in cloud_masks
-            ]
+            self._dems = [self._layer(Path(d), grid, CONTINUOUS) for d in dems]
+            self._extras = [self._layer(Path(e), grid, CONTINUOUS) for e in extras]
+            self._clouds = [self._layer(Path(c), grid, MASK) for c in cloud_masks]
             self.extra_band_counts = [int(layer.ds.count) for layer in self._extras]
             self.image_dtype = np.result_type(
                 *[ds.dtypes[0] for ds in self._files.values()][: len(scene.files)]
@@ -419,6 +334,20 @@ class AlignedScene(contextlib.AbstractContextManager):
         except BaseException:
             self.close()
             raise
+
+    def _layer(self, path: Path, grid: Grid, kind: str) -> Layer:
+        ds = self._open(path)
+        return Layer(path, ds, grid, resampling_for(kind, shrink_factor(ds, grid)))
+
+    @property
+    def resampling(self) -> dict[str, Any]:
+        """The resampling of every input, by name ("none": read directly, same grid)."""
+        return {
+            "image": [layer.method for layer, _ in self._img_layers],
+            "dems": [layer.method for layer in self._dems],
+            "extras": [layer.method for layer in self._extras],
+            "cloud_masks": [layer.method for layer in self._clouds],
+        }
 
     def _open(self, path: Path) -> Any:
         ds = self._stack.enter_context(open_raster(path))
@@ -475,14 +404,6 @@ class AlignedScene(contextlib.AbstractContextManager):
         self.close()
 
 
-def _res_in(ds: Any, grid: Grid) -> float:
-    """The source pixel size expressed in the target CRS's units (approximately)."""
-    if ds.crs == grid.crs:
-        return abs(ds.transform.a)
-    b = transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
-    return (b[2] - b[0]) / ds.width
-
-
 def open_checked(path: str | Path) -> None:
     """Open a raster and read its first block, raising InputError naming the file if broken."""
     with open_raster(path) as ds:
@@ -494,6 +415,7 @@ def open_checked(path: str | Path) -> None:
 
 
 __all__ = [
+    "AVERAGE_FROM_SHRINK",
     "AlignedScene",
     "BandRef",
     "FEET_TO_METRES",
@@ -503,5 +425,6 @@ __all__ = [
     "image_resampling",
     "image_scenes",
     "open_checked",
+    "resampling_for",
     "scene_grid",
 ]

@@ -5,12 +5,13 @@ per scene (:mod:`demgen.data.align`), cuts chips strip by strip (one chip row of
 in memory at a time), drops chips with too many invalid pixels, splits the rest spatially
 (:mod:`demgen.data.splits`), fits the named normalizations on the training split only
 (:mod:`demgen.data.normalize`) and writes the store atomically (:mod:`demgen.data.chips`).
+The manifest records the grid's pixel size in metres and the DEMs' vertical datum
+(:mod:`demgen.data.geometa`), as strict JSON (NaN statistics become null).
 :func:`prepare_npz` imports chip arrays without georeferencing into the same store format.
 """
 
 from __future__ import annotations
 
-import math
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from demgen.data.align import (
     scene_grid,
 )
 from demgen.data.chips import ChipStoreWriter
+from demgen.data.geometa import chip_area_km2, dems_vertical_crs, manifest_geodesy_line
 from demgen.data.normalize import (
     ELEVATION_STRATEGIES,
     IMAGE_STRATEGIES,
@@ -43,7 +45,20 @@ from demgen.data.normalize import (
 )
 from demgen.data.splits import ChipPlace, blocked_split, kfold_split
 from demgen.errors import InputError
+from demgen.io.geodesy import UNKNOWN_DATUM, pixel_size_m
+from demgen.io.jsonio import to_plain
 from demgen.io.raster import GDAL_CACHE_MB, bounded_gdal_cache
+
+__all__ = [
+    "HEIGHT_EXTRAS",
+    "PrepareConfig",
+    "chip_area_km2",
+    "dems_vertical_crs",
+    "extra_kind",
+    "manifest_geodesy_line",
+    "prepare_npz",
+    "prepare_rasters",
+]
 
 # Extra layers with these names hold heights: they follow --z-unit like the DEM and are
 # stored in metres. Any other name is stored as the source's values unless listed in
@@ -102,14 +117,6 @@ class PrepareConfig:
             raise InputError(f"--z-unit {self.z_unit!r} must be m or ft")
         if self.folds == 1 or self.folds < 0:
             raise InputError("--folds must be 0 (none) or at least 2")
-
-
-def _pixel_area_m2(crs: CRS, transform: Affine, lat: float) -> float:
-    rx, ry = abs(transform.a), abs(transform.e)
-    if crs.is_geographic:
-        return rx * 111_320.0 * math.cos(math.radians(lat)) * ry * 110_574.0
-    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    return rx * ry * factor * factor
 
 
 def prepare_rasters(
@@ -194,6 +201,8 @@ def _prepare_rasters(
     stride = cfg.stride or chip
     rng = np.random.default_rng(cfg.seed)
     grids, places_px, samples, dropped = [], [], [], 0
+    resamplings: list[dict[str, Any]] = []
+    vertical_crs = dems_vertical_crs(dems)
     common_crs: CRS | None = None
     writer = None
     band_counts: list[int] | None = None
@@ -217,6 +226,7 @@ def _prepare_rasters(
                 image_method=cfg.image_resampling,
                 extra_gaps=gaps,
             ) as aligned:
+                resamplings.append(aligned.resampling)
                 if band_counts is None:
                     band_counts = aligned.extra_band_counts
                 elif aligned.extra_band_counts != band_counts:
@@ -289,18 +299,11 @@ def _prepare_rasters(
                 for i in span
                 for j in span
             }
-            lat = 0.0
-            if g.crs.is_geographic:
-                lat = (g.bounds[1] + g.bounds[3]) / 2
-            else:
-                with np.errstate(all="ignore"):
-                    lat = transform_bounds(g.crs, "EPSG:4326", *g.bounds)[1]
-            area += (
-                len(cells) * min(stride, chip) ** 2 * _pixel_area_m2(g.crs, g.transform, lat) / 1e6
-            )
+            area += chip_area_km2(g, len(cells), min(stride, chip))
         extra_entries = []  # one per stored band; a multi-band layer NAME gives NAME_<band>
         layers = zip(extra_names, kinds, extras, gaps, band_counts or [], strict=True)
-        for n, k, e, gap, nb in layers:
+        for li, (n, k, e, gap, nb) in enumerate(layers):
+            methods = sorted({r["extras"][li] for r in resamplings})
             for b in range(nb):
                 extra_entries.append(
                     {
@@ -312,11 +315,13 @@ def _prepare_rasters(
                         "source_unit": (cfg.z_unit or detect_z_unit(e) or "m (assumed)")
                         if k == "height"
                         else None,
-                        "resampling": "bilinear",
+                        "resampling": "/".join(methods),
+                        "vertical_crs": dems_vertical_crs([e]) if k == "height" else None,
                         "gaps": gap,
                         "file": str(e),
                     }
                 )
+        g0 = grids[0]
         manifest = {
             "created_by": f"demgen {__version__}",
             "source": "rasters",
@@ -331,6 +336,8 @@ def _prepare_rasters(
             "max_invalid": cfg.max_invalid,
             "dropped_invalid": dropped,
             "area_km2": area,
+            "pixel_size_m": list(pixel_size_m(g0.crs, g0.transform, g0.width, g0.height)),
+            "vertical_crs": vertical_crs,
             "scenes": [
                 {
                     "name": s.name,
@@ -342,8 +349,10 @@ def _prepare_rasters(
                     "cloud_masks": [str(c) for c in cloud_masks],
                     "extra_files": [str(e) for e in extras],
                     "grid": g.to_dict(),
+                    "pixel_size_m": list(pixel_size_m(g.crs, g.transform, g.width, g.height)),
+                    "resampling": r,
                 }
-                for s, g in zip(scenes, grids, strict=True)
+                for s, g, r in zip(scenes, grids, resamplings, strict=True)
             ],
             "crs": common_crs.to_string() if common_crs else None,
             "config": {k: v for k, v in asdict(cfg).items() if k != "extra_names"},
@@ -358,7 +367,7 @@ def _prepare_rasters(
             },
             "folds": folds,
         }
-        return writer.commit(manifest)
+        return writer.commit(to_plain(manifest))
     finally:
         if writer is not None and not writer.committed:
             writer.abort()
@@ -512,6 +521,8 @@ def prepare_npz(
             "max_invalid": cfg.max_invalid,
             "dropped_invalid": dropped,
             "area_km2": None,
+            "pixel_size_m": None,
+            "vertical_crs": UNKNOWN_DATUM,
             "crs": None,
             "scenes": [
                 {
@@ -535,4 +546,4 @@ def prepare_npz(
             },
             "folds": folds,
         }
-        return writer.commit(manifest)
+        return writer.commit(to_plain(manifest))

@@ -99,3 +99,39 @@ def vertical_crs_of(ds: Any) -> str:
                 return m.group(1)
     tag = ds.tags().get(VERTICAL_CRS_TAG) if hasattr(ds, "tags") else None
     return tag or UNKNOWN_DATUM
+
+
+_HORIZONTAL_KEYWORDS = ("PROJCS", "GEOGCS", "PROJCRS", "GEOGCRS", "GEODCRS", "GEOCCS")
+
+
+def horizontal_crs(crs: CRS | None) -> CRS | None:
+    """The horizontal part of a compound CRS (EPSG:32633+5773 -> EPSG:32633), else ``crs``.
+
+    Grids are compared and warped on their horizontal CRS alone, so a DEM that declares
+    its vertical datum lies on the same grid as an image in the plain projected CRS (read
+    directly, not warped). The vertical part is what :func:`vertical_crs_of` reports.
+    """
+    if crs is None:
+        return None
+    wkt = crs.to_wkt()
+    if not (wkt.startswith("COMPD_CS") or wkt.startswith("COMPOUNDCRS")):
+        return crs
+    depth, start, in_str = 0, None, False
+    for i, ch in enumerate(wkt):
+        if ch == '"':
+            in_str = not in_str
+        elif in_str:
+            continue
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth == 1 and start is not None:
+                part = CRS.from_wkt(wkt[start : i + 1])
+                epsg = part.to_epsg()
+                return CRS.from_epsg(epsg) if epsg else part
+        elif ch == "," and depth == 1:
+            rest = wkt[i + 1 :].lstrip()
+            if start is None and rest.startswith(_HORIZONTAL_KEYWORDS):
+                start = i + 1 + (len(wkt) - i - 1 - len(rest))
+    return crs

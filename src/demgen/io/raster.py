@@ -22,6 +22,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from demgen.errors import InputError, first_line
+from demgen.io.geodesy import VERTICAL_CRS_TAG
 
 
 @contextlib.contextmanager
@@ -86,15 +87,24 @@ def open_writer(
     descriptions: Sequence[str] | None = None,
     units: Sequence[str] | None = None,
     tags: dict[str, str] | None = None,
+    vertical_crs: str | None = None,
 ) -> Iterator[rasterio.io.DatasetWriter]:
-    """Open a GeoTIFF for windowed writes; it appears at ``path`` only if the block succeeds."""
+    """Open a GeoTIFF for windowed writes; it appears at ``path`` only if the block succeeds.
+
+    ``vertical_crs`` (for height rasters) is written as the ``vertical_crs`` dataset tag,
+    which :func:`demgen.io.geodesy.vertical_crs_of` reads back: the datum name
+    ("EGM2008 height"), or ``"unknown"`` when the heights have none (synthetic scenes).
+    """
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for i, d in enumerate(descriptions or [], start=1):
             dst.set_band_description(i, d)
         for i, u in enumerate(units or [], start=1):
             dst.set_band_unit(i, u)
-        if tags:
-            dst.update_tags(**tags)
+        all_tags = dict(tags or {})
+        if vertical_crs is not None:
+            all_tags[VERTICAL_CRS_TAG] = str(vertical_crs)
+        if all_tags:
+            dst.update_tags(**all_tags)
         yield dst
 
 
@@ -108,8 +118,12 @@ def write_raster(
     descriptions: Sequence[str] | None = None,
     units: Sequence[str] | None = None,
     tags: dict[str, str] | None = None,
+    vertical_crs: str | None = None,
 ) -> Path:
-    """Write a (H, W) or (bands, H, W) array as a GeoTIFF, atomically."""
+    """Write a (H, W) or (bands, H, W) array as a GeoTIFF, atomically.
+
+    ``vertical_crs``: the heights' vertical datum, stored as a tag (see :func:`open_writer`).
+    """
     arr = array[None] if array.ndim == 2 else array
     profile = geotiff_profile(
         width=arr.shape[2],
@@ -120,7 +134,9 @@ def write_raster(
         transform=transform,
         nodata=nodata,
     )
-    with open_writer(path, profile, descriptions=descriptions, units=units, tags=tags) as dst:
+    with open_writer(
+        path, profile, descriptions=descriptions, units=units, tags=tags, vertical_crs=vertical_crs
+    ) as dst:
         dst.write(arr)
     return Path(path)
 

@@ -15,7 +15,6 @@ import base64
 import html
 import io
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,6 +29,8 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 
 from demgen.errors import InputError
+from demgen.io.geodesy import pixel_size_m
+from demgen.io.jsonio import to_plain
 from demgen.io.raster import grid_bounds, open_raster, write_text_atomic
 from demgen.viz.hillshade import hillshade
 
@@ -57,16 +58,13 @@ class Grid:
         return Grid(self.crs, t, height, width)
 
     def pixel_size_m(self) -> tuple[float, float]:
-        """Pixel size (x, y) in metres; geographic degrees are converted at the centre."""
-        px, py = abs(self.transform.a), abs(self.transform.e)
-        if self.crs.is_geographic:
-            lat = self.transform.f + self.transform.e * self.height / 2
-            return px * 111_320.0 * math.cos(math.radians(lat)), py * 110_574.0
-        try:
-            factor = float(self.crs.linear_units_factor[1])
-        except Exception:  # CRS without linear units: assume metres
-            factor = 1.0
-        return px * factor, py * factor
+        """Pixel size (x, y) in metres at the centre (:func:`demgen.io.geodesy.pixel_size_m`).
+
+        Geographic grids use the WGS84 degree lengths at the centre latitude, so the mesh's
+        horizontal scale, and with it slopes and the vertical exaggeration, match the
+        ground (a 1 arc-second grid at 45 N is 21.90 x 30.87 m).
+        """
+        return pixel_size_m(self.crs, self.transform, self.width, self.height)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -304,8 +302,9 @@ def _vendor_modules() -> dict[str, str]:
 
 
 def _json_for_script(obj) -> str:
-    # "</" inside a <script> element would end it; "<\/" is the same JSON string.
-    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+    # Strict JSON (NaN -> null: JSON.parse refuses NaN). "</" inside a <script> element would
+    # end it; "<\/" is the same JSON string.
+    return json.dumps(to_plain(obj), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
 
 
 def _fmt_m(v: float) -> str:

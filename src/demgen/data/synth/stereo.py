@@ -240,7 +240,13 @@ def write_stereo(
     ``cfg`` is the resolved :class:`~demgen.data.synth.world.SceneConfig`; ``dsm_max`` the
     scene's highest DSM value (read from dsm.tif when not given). Returns the file names.
     """
-    from demgen.data.synth.world import _coords, _normals_block, _read_padded, _tiles
+    from demgen.data.synth.world import (
+        SYNTH_VERTICAL_CRS,
+        _coords,
+        _normals_block,
+        _read_padded,
+        _tiles,
+    )
     from demgen.io.raster import geotiff_profile, open_writer
 
     st = stereo or StereoConfig()
@@ -275,7 +281,7 @@ def write_stereo(
         r_img = stack.enter_context(rasterio.open(d / "image.tif"))
         w_init = stack.enter_context(open_writer(
             d / "initial_dsm.tif", prof(1, "float32", NODATA), descriptions=["initial_dsm"],
-            units=["metre"]))  # fmt: skip
+            units=["metre"], vertical_crs=SYNTH_VERTICAL_CRS))  # fmt: skip
         w_tri = stack.enter_context(open_writer(
             d / "triangulation_error.tif", prof(1, "float32"),
             descriptions=["triangulation_error"], units=["metre"]))  # fmt: skip

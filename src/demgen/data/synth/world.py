@@ -9,7 +9,6 @@ cast shadows. Tiled output is bit-identical to untiled output.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -36,8 +35,13 @@ from demgen.data.synth.terrain import (
     terrain_elevation,
 )
 from demgen.errors import InputError
-from demgen.io.raster import geotiff_profile, open_writer, write_text_atomic
+from demgen.io.geodesy import UNKNOWN_DATUM
+from demgen.io.jsonio import dumps, write_json
+from demgen.io.raster import geotiff_profile, open_writer
 
+# Synthetic heights are relative to no geoid or ellipsoid: tagged so on dtm.tif and dsm.tif
+# (and the stereo initial DSM), so nothing downstream mistakes them for EGM2008 heights.
+SYNTH_VERTICAL_CRS = UNKNOWN_DATUM
 RELIEFS: tuple[str, ...] = ("plains", "hills", "alpine")
 SCENE_FILES: tuple[str, ...] = (
     "dtm.tif",
@@ -195,7 +199,7 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
     n_it = int(cfg.erosion_iterations)
     halo = 2 * n_it + LC_HALO
     span = cfg.elevation_range[1] - cfg.elevation_range[0]
-    classes_json = json.dumps({str(k): v for k, v in CLASSES.items()})
+    classes_json = dumps({str(k): v for k, v in CLASSES.items()}, indent=None)
 
     def prof(count: int, dtype: str) -> dict[str, Any]:
         return geotiff_profile(
@@ -211,9 +215,9 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
         stack.callback(bar.close)
         with (
             open_writer(tmp / "dtm.tif", prof(1, "float32"), descriptions=["dtm"],
-                        units=["metre"]) as w_dtm,
+                        units=["metre"], vertical_crs=SYNTH_VERTICAL_CRS) as w_dtm,
             open_writer(tmp / "dsm.tif", prof(1, "float32"), descriptions=["dsm"],
-                        units=["metre"]) as w_dsm,
+                        units=["metre"], vertical_crs=SYNTH_VERTICAL_CRS) as w_dsm,
             open_writer(tmp / "landcover.tif", prof(1, "uint8"), descriptions=["landcover"],
                         tags={"classes": classes_json}) as w_lc,
         ):  # fmt: skip
@@ -242,7 +246,7 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
             rasterio.open(tmp / "landcover.tif") as r_lc,
             open_writer(tmp / "image.tif", prof(4, "uint16"), descriptions=list(BANDS),
                         units=["reflectance x 10000"] * 4,
-                        tags={"bands": json.dumps(list(BANDS)), "scale": "10000"}) as w_img,
+                        tags={"bands": dumps(list(BANDS), indent=None), "scale": "10000"}) as w_img,
             open_writer(tmp / "clouds.tif", prof(1, "uint8"), descriptions=["clouds"]) as w_cl,
         ):  # fmt: skip
             for r0, c0, th, tw in tiles:
@@ -325,8 +329,10 @@ def generate_scene(out_dir: str | Path, config: SceneConfig, *, progress: bool =
             "reflectance_scale": 10000,
             "files": list(SCENE_FILES) + (stereo_files() if cfg.stereo else []),
             "stats": stats,
+            # synthetic heights are relative to no geoid or ellipsoid; the rasters say so too
+            "vertical_crs": SYNTH_VERTICAL_CRS,
         }
-        write_text_atomic(tmp / "scene.json", json.dumps(meta, indent=2) + "\n")
+        write_json(tmp / "scene.json", meta)
         if out.exists():
             trash = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
             os.replace(out, trash)
