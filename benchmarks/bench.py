@@ -22,6 +22,14 @@ own subprocess so that its peak resident memory is its own:
 
 It writes ``benchmarks/results.json`` and ``benchmarks/results.md`` and prints the table.
 
+Every item is bounded, so the run completes on any CPU: a probe first times small bf16 and
+fp32 matmuls (under a second), each item's time is projected from its FLOPs at the probed
+rate of its dtype, and an item projected over ``--budget`` seconds (default 300) is not run;
+each child also has a timeout (a few times its projection). Such an item, and one whose child
+fails, is reported as ``skipped: <reason>`` in the table and as ``{"skipped": reason}`` in the
+JSON (on a 2-core AVX2 CPU without native bf16, where bf16 runs at about 1 GFLOP/s against
+142 for fp32, every bf16 item is skipped). The exit code is 0 unless an item failed.
+
     python benchmarks/bench.py                 # everything, about 5 minutes on 2 cores
     python benchmarks/bench.py --only matmul_bf16 regression_auto
 """
@@ -32,351 +40,23 @@ import argparse
 import json
 import os
 import platform
-import re
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from demgen.io.raster import write_text_atomic
-from demgen.precision import cpu_flags, precision_reason
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_items import BATCH, CHIP, MODES, PREDICT_SIZE  # noqa: E402
+
+from demgen.io.raster import write_text_atomic  # noqa: E402
+from demgen.precision import cpu_flags, precision_reason, resolve_precision  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BATCH, CHIP = 8, 256
-PREDICT_SIZE = 4096
-
-
-def rss_mb(who: int = resource.RUSAGE_SELF) -> float:
-    """Peak resident memory (MB) of this process (or of its waited-for children)."""
-    return resource.getrusage(who).ru_maxrss / 1024
-
-
-# -- items: each runs in a child process and returns a dict --------------------------------
-
-
-def item_matmul(dtype_name: str) -> dict:
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    n = 4096
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dtype)
-    b = torch.randn(n, n, generator=g).to(dtype)
-    torch.mm(a, b)  # warm-up
-    repeats = 6 if dtype is torch.bfloat16 else 3
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return {"gflops": 2 * n**3 / best / 1e9, "best_s": best, "repeats": repeats}
-
-
-def _norms(bands: list[str]) -> tuple[dict, dict]:
-    from demgen.data.normalize import ElevationNorm, ImageNorm
-
-    inorm = ImageNorm(bands, 1e-4, [0.15] * len(bands), [0.07] * len(bands))
-    return inorm.to_dict(), ElevationNorm(0.0, 1500.0).to_dict()
-
-
-def _batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    mask = torch.rand(BATCH, 1, CHIP, CHIP, generator=g) > 0.05
-    target = torch.randn(BATCH, 1, CHIP, CHIP, generator=g).clamp(-1, 1) * mask
-    return {"image": torch.randn(BATCH, 3, CHIP, CHIP, generator=g), "target": target, "mask": mask}
-
-
-MODES = {  # mode: (precision for resolve_precision, channels_last)
-    "fp32": ("32", False),  # plain PyTorch: the baseline
-    "auto": ("auto", True),  # what demgen trains with on this machine
-    "bf16": ("bf16", True),  # bf16 autocast forced
-}
-
-
-def build_step(task_name: str, mode: str):
-    """The training step of ``task_name`` (``pix2pix`` or ``regression``) as a closure,
-    in ``mode`` (a key of MODES): its precision, and channels_last for every network
-    (``set_channels_last``, as ``Trainer.fit`` does) and the batch, or fp32 NCHW.
-    """
-    from demgen.precision import autocast_dtype, resolve_precision
-    from demgen.tasks.pix2pix import Pix2PixTask, set_requires_grad
-    from demgen.tasks.regression import DEMRegressionTask
-
-    precision_arg, channels_last = MODES[mode]
-    precision = resolve_precision(precision_arg, "cpu")
-    dtype = autocast_dtype(precision)
-    inorm, enorm = _norms(["B4", "B3", "B2"])
-    batch = _batch()
-    if task_name == "pix2pix":
-        task = Pix2PixTask(inorm, enorm, chip_size=CHIP)
-        opt_g, opt_d = task.configure_optimizers()[0]
-    else:
-        task = DEMRegressionTask(
-            inorm,
-            enorm,
-            generator="pix2pix",
-            generator_kwargs={"final": None},
-            chip_size=CHIP,
-        )
-        opt = task.configure_optimizers()["optimizer"]
-    task.train()
-    task.set_channels_last(channels_last)
-    if channels_last:
-        batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
-
-    def ctx():
-        return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
-
-    def pix2pix_step() -> None:
-        image, target, mask = batch["image"], batch["target"], batch["mask"]
-        with ctx():
-            fake = task.hide_invalid(task(image), target, mask)
-            loss_d = task.discriminator_loss(image, target, fake)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        set_requires_grad(task.discriminator, False)
-        with ctx():
-            terms = task.generator_terms(batch, fake)
-        opt_g.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt_g.step()
-        set_requires_grad(task.discriminator, True)
-
-    def regression_step() -> None:
-        with ctx():
-            loss = task.compute_loss(task(batch["image"]), batch["target"], batch["mask"])
-        opt.zero_grad(set_to_none=True)
-        loss["loss"].backward()
-        opt.step()
-
-    step = pix2pix_step if task_name == "pix2pix" else regression_step
-    return step, precision
-
-
-def item_train(task_name: str, mode: str, warmup: int, steps: int) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    torch.manual_seed(0)
-    step, precision = build_step(task_name, mode)
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    flops = counter.get_total_flops()
-    sec = sum(times) / len(times)
-    return {
-        "precision": precision,
-        "warmup_steps": warmup,
-        "timed_steps": steps,
-        "step_s": sec,
-        "samples_per_s": BATCH / sec,
-        "flops_per_step": flops,
-        "gflops": flops / sec / 1e9,
-    }
-
-
-def item_profile(steps: int = 3) -> dict:
-    """torch.profiler over ``steps`` U-Net-256 regression steps in auto precision."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step, precision = build_step("regression", "auto")
-    for _ in range(2):
-        step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events)
-    top = [
-        {
-            "op": e.key,
-            "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-            "share": e.self_cpu_time_total / total,
-            "calls_per_step": e.count / steps,
-        }
-        for e in events[:8]
-    ]
-    return {
-        "precision": precision,
-        "steps": steps,
-        "top": top,
-        "total_self_cpu_ms_per_step": total / 1e3 / steps,
-    }
-
-
-def item_predict(precision: str, folder: str) -> dict:
-    """``demgen predict`` on the scene in ``folder``, in a subprocess; its own peak RSS."""
-    folder = Path(folder)
-    cmd = [
-        sys.executable,
-        "-m",
-        "demgen",
-        "predict",
-        str(folder / "model.ckpt"),
-        str(folder / "image.tif"),
-        "-o",
-        str(folder / f"pred_{precision}.tif"),
-        "-q",
-        "--precision",
-        precision,
-    ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    predict_s = float(re.search(r"\(([\d.]+) s\)", proc.stdout).group(1))
-    mpx = PREDICT_SIZE**2 / 1e6
-    return {
-        "precision": precision,
-        "predict_s": predict_s,
-        "mpx_per_s": mpx / predict_s,
-        "wall_s_with_startup": wall,
-        "child_peak_rss_mb": rss_mb(resource.RUSAGE_CHILDREN),
-    }
-
-
-def predict_flops() -> dict:
-    """FLOPs ``demgen predict`` spends on a PREDICT_SIZE scene: windows x model forward."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from demgen.demo import DemoConfig
-    from demgen.inference.scene import window_starts
-    from demgen.tasks.regression import DEMRegressionTask
-
-    cfg = DemoConfig()
-    inorm, enorm = _norms(["B2", "B3", "B4", "B8"])
-    task = DEMRegressionTask(
-        inorm, enorm, base=cfg.base, depth=cfg.depth, stem=cfg.stem, chip_size=cfg.chip_size
-    ).eval()
-    win = 2 * cfg.chip_size  # demgen predict's default window
-    stride = max(1, int(round(win * 0.75)))
-    n_windows = len(window_starts(PREDICT_SIZE, win, stride)) ** 2
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        task(torch.zeros(1, 4, win, win))
-    per_window = counter.get_total_flops()
-    return {
-        "window": win,
-        "n_windows": n_windows,
-        "flops_per_window": per_window,
-        "flops": per_window * n_windows,
-    }
-
-
-def item_loader(workers: int, folder: str) -> dict:
-    """Chips/s of ChipDataModule's augmenting train loader (batch 8) over the store, the
-    batched augmentation included."""
-    from demgen.data.datamodule import ChipDataModule
-
-    dm = ChipDataModule(
-        str(Path(folder) / "store"),
-        batch_size=BATCH,
-        num_workers=workers,
-        augment=True,
-        persistent_workers=workers > 0,
-    )
-    loader = dm.train_dataloader()
-    for _ in loader:  # warm-up: worker start-up and page cache
-        pass
-    n, t0 = 0, time.perf_counter()
-    epochs = 0
-    while time.perf_counter() - t0 < 4.0 or epochs < 2:
-        for b in loader:  # and the batched flips/rotations the Trainer applies after transfer
-            n += dm.on_after_batch_transfer(b, 0)["image"].shape[0]
-        epochs += 1
-    sec = time.perf_counter() - t0
-    return {
-        "workers": workers,
-        "chips": n,
-        "chips_per_s": n / sec,
-        "train_chips_per_epoch": len(dm.dataset("train")),
-    }
-
-
-def make_store(folder: Path, size: int = 2048) -> None:
-    """A 3-band uint16 image and a DEM, prepared into a chip store of 256-px chips."""
-    import numpy as np
-    from rasterio.transform import from_origin
-
-    from demgen.data.prepare import PrepareConfig, prepare_rasters
-    from demgen.io.raster import write_raster
-
-    t = from_origin(500_000.0, 5_200_000.0, 10.0, 10.0)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size]
-    dem = (300 + 200 * np.sin(xx / 150.0) * np.cos(yy / 210.0)).astype(np.float32)
-    img = np.clip(1500 + 3 * dem[None] + rng.normal(0, 80, (3, size, size)), 1, 10000)
-    write_raster(folder / "dem.tif", dem, crs="EPSG:32633", transform=t, nodata=-9999.0)
-    write_raster(
-        folder / "img.tif",
-        img.astype(np.uint16),
-        crs="EPSG:32633",
-        transform=t,
-        descriptions=["B4", "B3", "B2"],
-    )
-    prepare_rasters(
-        [folder / "img.tif"],
-        [folder / "dem.tif"],
-        folder / "store",
-        PrepareConfig(chip_size=CHIP, block=2),
-    )
-
-
-def run_child(args: list[str], timeout: float = 400) -> dict:
-    """Run one item in a fresh interpreter; it prints one JSON line last, with its peak RSS."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode:
-        raise RuntimeError(f"item {args} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["item_wall_s"] = time.perf_counter() - t0
-    return out
-
-
-def child_main(args: list[str]) -> None:
-    name, *rest = args
-    if name == "matmul":
-        out = item_matmul(rest[0])
-    elif name == "train":
-        out = item_train(rest[0], rest[1], int(rest[2]), int(rest[3]))
-    elif name == "profile":
-        out = item_profile()
-    elif name == "predict":
-        out = item_predict(rest[0], rest[1])
-    elif name == "predict_flops":
-        out = predict_flops()
-    elif name == "loader":
-        out = item_loader(int(rest[0]), rest[1])
-    elif name == "make_inputs":
-        folder = Path(rest[0])
-        sys.path.insert(0, str(HERE))
-        from predict_bench import make_checkpoint, make_image
-
-        t0 = time.perf_counter()
-        make_image(folder / "image.tif", PREDICT_SIZE)
-        make_checkpoint(folder / "model.ckpt")
-        make_store(folder)
-        out = {"seconds": time.perf_counter() - t0}
-    else:
-        raise SystemExit(f"unknown item {name}")
-    out["peak_rss_mb"] = rss_mb()
-    print(json.dumps(out))
-
-
-# -- report -----------------------------------------------------------------------------------
+ITEMS_SCRIPT = HERE / "bench_items.py"
 
 TRAIN_ITEMS = {  # name: (task, mode, warm-up steps, timed steps)
     f"{task}_{mode}": (task, mode, 2, 4 if task == "pix2pix" else 6)
@@ -394,20 +74,152 @@ ALL = [
     "profile",
 ]
 
+# -- bounding every item ------------------------------------------------------------------------
+
+#: FLOPs of the work each item does, from ``torch.utils.flop_counter`` (the ``flops_per_step``
+#: and ``predict_flops`` of results.json; fixed by the architectures, not by the machine).
+STEP_FLOPS = {"pix2pix": 689.1e9, "regression": 286.3e9}
+PREDICT_FLOPS = 895.4e9
+MATMUL_FLOPS = 2 * 4096**3
+BUDGET_S = 300.0  # default: an item projected to take longer is skipped
+STARTUP_S = 15.0  # interpreter, imports and set-up of one child
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 120.0, 900.0
+
+
+def probe_rates(n: int = 512, repeats: int = 3, limit_s: float = 5.0) -> dict[str, float]:
+    """GFLOP/s of an ``n`` x ``n`` matmul in bf16 and fp32 (best of ``repeats`` after a
+    warm-up, stopping early once one dtype has used ``limit_s``): under a second on any CPU,
+    it tells whether bf16 is native (about half to several times fp32) or emulated (1 %)."""
+    out = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        best, spent = float("inf"), 0.0
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            dt = time.perf_counter() - t0
+            best, spent = min(best, dt), spent + dt
+            if spent > limit_s:
+                break
+        out[name] = 2 * n**3 / best / 1e9
+    return out
+
+
+def _dtype(precision_arg: str) -> str:
+    """bf16 or fp32: what ``precision_arg`` (auto, 32, bf16) computes in on this CPU."""
+    return "bf16" if resolve_precision(precision_arg, "cpu").startswith("bf16") else "fp32"
+
+
+def projected_work(name: str) -> tuple[float, str]:
+    """``(FLOPs, dtype)`` item ``name`` computes (0 FLOPs: no heavy arithmetic)."""
+    if name.startswith("matmul_"):
+        dtype = name.split("_")[1]
+        return (1 + (6 if dtype == "bf16" else 3)) * MATMUL_FLOPS, dtype
+    if name in TRAIN_ITEMS:
+        task, mode, warmup, steps = TRAIN_ITEMS[name]
+        return (warmup + steps + 1) * STEP_FLOPS[task], _dtype(MODES[mode][0])
+    if name.startswith("predict_"):
+        return PREDICT_FLOPS, _dtype(name.split("_")[1])
+    if name == "profile":
+        return 5 * STEP_FLOPS["regression"], _dtype("auto")
+    return 0.0, "fp32"
+
+
+def projected_seconds(name: str, rates: dict[str, float]) -> float:
+    """A lower bound of item ``name``'s time here: its FLOPs at the probed matmul rate."""
+    flops, dtype = projected_work(name)
+    return STARTUP_S + flops / (max(rates.get(dtype, 0.0), 1e-3) * 1e9)
+
+
+def skip_reason(name: str, rates: dict[str, float], budget: float) -> str | None:
+    """Why item ``name`` is not run here (projected over ``budget`` s), or None to run it."""
+    sec = projected_seconds(name, rates)
+    if sec <= budget:
+        return None
+    _, dtype = projected_work(name)
+    return (
+        f"projected {sec:.0f} s (> {budget:.0f} s budget): {dtype} runs at "
+        f"{rates[dtype]:.1f} GFLOP/s here (fp32 {rates['fp32']:.0f})"
+    )
+
+
+def child_timeout(name: str, rates: dict[str, float]) -> float:
+    """Seconds item ``name``'s child may run: 4 x its projection, within fixed bounds."""
+    return min(MAX_TIMEOUT_S, max(MIN_TIMEOUT_S, 4 * projected_seconds(name, rates)))
+
+
+class Skipped(Exception):
+    """An item did not produce a result; ``args[0]`` says why."""
+
+
+def run_child(args: list[str], timeout: float = 400) -> dict:
+    """Run one item in a fresh interpreter; it prints one JSON line last, with its peak RSS.
+    Raises :class:`Skipped` when it times out or fails."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(ITEMS_SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise Skipped(f"timed out after {timeout:.3g} s") from None
+    if proc.returncode:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise Skipped(f"failed: {lines[-1].strip() if lines else f'exit {proc.returncode}'}")
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise Skipped("failed: the item printed no result") from None
+    out["item_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def run_item(name: str, argv: list[str], timeout: float) -> dict:
+    """``run_child`` for a named item: its result, or ``{"skipped": reason}``."""
+    try:
+        return run_child(argv, timeout=timeout)
+    except Skipped as exc:
+        return {"skipped": str(exc)}
+
+
+def item_argv(name: str, folder: str) -> list[str]:
+    """The child arguments of item ``name`` (see ``bench_items.child_main``)."""
+    if name.startswith("matmul_"):
+        return ["matmul", name.split("_")[1]]
+    if name in TRAIN_ITEMS:
+        return ["train", *map(str, TRAIN_ITEMS[name])]
+    if name.startswith("predict_"):
+        return ["predict", name.split("_")[1], folder]
+    if name.startswith("loader_"):
+        return ["loader", name.split("_")[1], folder]
+    return ["profile"]
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def _ok(r: dict, name: str) -> dict | None:
+    """Item ``name``'s result, or None when it was skipped or not run."""
+    v = r.get(name)
+    return v if isinstance(v, dict) and "skipped" not in v else None
+
 
 def pct(x: float | None, peak: float | None) -> str:
     return f"{100 * x / peak:.0f} %" if x and peak else "-"
 
 
 def table(r: dict) -> str:
-    peaks = {k: r.get(f"matmul_{k}", {}).get("gflops") for k in ("bf16", "fp32")}
+    peaks = {k: (_ok(r, f"matmul_{k}") or {}).get("gflops") for k in ("bf16", "fp32")}
     rows = [
         "| item | precision | throughput | GFLOP per step / scene | achieved GFLOP/s "
         "| % of bf16 peak | % of fp32 peak | peak RSS |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for k in ("bf16", "fp32"):
-        m = r.get(f"matmul_{k}")
+        m = _ok(r, f"matmul_{k}")
         if m:
             rows.append(
                 f"| matmul 4096 x 4096 (peak) | {k} | {m['best_s'] * 1e3:.0f} ms | "
@@ -417,7 +229,7 @@ def table(r: dict) -> str:
             )
     labels = {"pix2pix": "pix2pix train step (G + D)", "regression": "U-Net-256 regression step"}
     for name, (task, mode, *_) in TRAIN_ITEMS.items():
-        t = r.get(name)
+        t = _ok(r, name)
         if t:
             prec = {
                 "fp32": "fp32 NCHW",
@@ -430,9 +242,9 @@ def table(r: dict) -> str:
                 f"{pct(t['gflops'], peaks['bf16'])} | {pct(t['gflops'], peaks['fp32'])} | "
                 f"{t['peak_rss_mb']:.0f} MB |"
             )
-    fl = r.get("predict_flops", {}).get("flops")
+    fl = (_ok(r, "predict_flops") or {}).get("flops")
     for p in PREDICT_PRECISIONS:
-        t = r.get(f"predict_{p}")
+        t = _ok(r, f"predict_{p}")
         if t:
             g = fl / t["predict_s"] / 1e9 if fl else None
             rows.append(
@@ -442,13 +254,17 @@ def table(r: dict) -> str:
                 f"{t['child_peak_rss_mb']:.0f} MB |"
             )
     for w in (0, 2):
-        t = r.get(f"loader_{w}")
+        t = _ok(r, f"loader_{w}")
         if t:
             rows.append(
                 f"| train loader (augmenting), {w} workers | - | "
                 f"{t['chips_per_s']:.0f} chips/s | - | - | - | - | "
                 f"{t['peak_rss_mb']:.0f} MB |"
             )
+    for name in ALL:
+        v = r.get(name)
+        if isinstance(v, dict) and "skipped" in v:
+            rows.append(f"| {name} | - | skipped: {v['skipped']} | - | - | - | - | - |")
     return "\n".join(rows)
 
 
@@ -469,18 +285,23 @@ def profile_table(p: dict) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the items (all, or ``--only``), write results.json and results.md, print the
+    table; 0 unless an item failed (skipped items do not count as failures)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=ALL, help="run only these items")
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
     ap.add_argument("--md", type=Path, default=HERE / "results.md")
-    ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        child_main(args.child)
-        return
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=BUDGET_S,
+        help=f"skip an item projected to take longer than this many seconds ({BUDGET_S:.0f})",
+    )
+    args = ap.parse_args(argv)
     items = args.only or ALL
     t_start = time.perf_counter()
+    rates = probe_rates()
     results: dict = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -491,27 +312,36 @@ def main() -> None:
             "torch": torch.__version__,
             "batch": BATCH,
             "chip": CHIP,
+            "probe_gflops": rates,
+            "budget_s": args.budget,
         }
     }
+    print(f"probe: bf16 {rates['bf16']:.1f}, fp32 {rates['fp32']:.1f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        inputs_missing = None
         if any(i.startswith(("predict", "loader")) for i in items):
-            results["make_inputs"] = run_child(["make_inputs", tmp])
-            print(f"inputs ready in {results['make_inputs']['seconds']:.0f} s", flush=True)
+            results["make_inputs"] = run_item("make_inputs", ["make_inputs", tmp], MAX_TIMEOUT_S)
+            inputs_missing = results["make_inputs"].get("skipped")
+            if not inputs_missing:
+                print(f"inputs ready in {results['make_inputs']['seconds']:.0f} s", flush=True)
         if any(i.startswith("predict") for i in items):
-            results["predict_flops"] = run_child(["predict_flops"])
+            results["predict_flops"] = run_item("predict_flops", ["predict_flops"], MIN_TIMEOUT_S)
         for name in items:
-            if name.startswith("matmul_"):
-                argv = ["matmul", name.split("_")[1]]
-            elif name in TRAIN_ITEMS:
-                argv = ["train", *map(str, TRAIN_ITEMS[name])]
-            elif name.startswith("predict_"):
-                argv = ["predict", name.split("_")[1], tmp]
-            elif name.startswith("loader_"):
-                argv = ["loader", name.split("_")[1], tmp]
+            reason = skip_reason(name, rates, args.budget)
+            if reason is None and inputs_missing and name.startswith(("predict", "loader")):
+                reason = f"no inputs ({inputs_missing})"
+            if reason is not None:
+                results[name] = {"skipped": reason}
             else:
-                argv = ["profile"]
-            results[name] = run_child(argv)
-            print(f"{name}: done in {results[name]['item_wall_s']:.0f} s", flush=True)
+                timeout = child_timeout(name, rates)
+                results[name] = run_item(name, item_argv(name, tmp), timeout)
+            r = results[name]
+            done = (
+                f"skipped: {r['skipped']}"
+                if "skipped" in r
+                else f"done in {r['item_wall_s']:.0f} s"
+            )
+            print(f"{name}: {done}", flush=True)
     results["total_wall_s"] = time.perf_counter() - t_start
     write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
     md = [
@@ -519,14 +349,16 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {BATCH}, "
         f"{CHIP} x {CHIP} chips; total {results['total_wall_s']:.0f} s; CPU bf16 flags: "
         f"{', '.join(results['machine']['cpu_bf16_flags']) or 'none'}; auto = "
-        f"{results['machine']['auto_precision']}). The U-Net-256 is "
+        f"{results['machine']['auto_precision']}; probe bf16 {rates['bf16']:.1f}, fp32 "
+        f"{rates['fp32']:.1f} GFLOP/s, budget {args.budget:.0f} s per item). The U-Net-256 is "
         "the pix2pix generator `Pix2PixUNet(3, 1)` (54.4 M parameters); the regression step "
         "uses it with an unbounded head and masked L1. Prediction uses the demo's U-Net "
-        "(base 32, depth 4, stem 4) with 512-px windows, BatchNorm folded into the convs.",
+        f"(base 32, depth 4, stem 4) with 512-px windows on a {PREDICT_SIZE} x {PREDICT_SIZE} "
+        "scene, BatchNorm folded into the convs.",
         "",
         table(results),
     ]
-    if "profile" in results:
+    if _ok(results, "profile"):
         md += ["", profile_table(results["profile"])]
     text = "\n".join(md) + "\n"
     if args.md.exists():  # keep a hand-written analysis below the marker
@@ -536,7 +368,9 @@ def main() -> None:
             text += "\n" + old[old.index(marker) :]
     write_text_atomic(args.md, text)
     print(text)
+    failed = [n for n in items if results[n].get("skipped", "").startswith("failed")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,6 +39,15 @@ def store(tmp_path_factory):
     return str(out)
 
 
+def stored_chip(st, norm, j):
+    """Chip ``j``'s image as a loader serves it unaugmented: normalized, and invalid pixels
+    set to the strategy's fill value (see demgen.data.chips.image_fill_value)."""
+    from demgen.data.chips import fill_invalid, image_fill_value
+
+    x = norm.apply(np.asarray(st.image[j], np.float32))
+    return fill_invalid(x, np.asarray(st.mask[j])[None], image_fill_value(norm))
+
+
 def all_batches(loader):
     return list(loader)
 
@@ -90,10 +99,66 @@ def test_folds_use_their_own_splits_and_normalization(store):
         dm = ChipDataModule(store, batch_size=64, fold=f, augment=False)
         fold = st.manifest["folds"][f]
         assert sorted(cat(all_batches(dm.train_dataloader()), "index").tolist()) == fold["train"]
-        assert cat(all_batches(dm.val_dataloader()), "index").tolist() == fold["test"]
+        assert cat(all_batches(dm.val_dataloader()), "index").tolist() == fold["val"]
+        assert cat(all_batches(dm.test_dataloader()), "index").tolist() == fold["test"]
         assert dm.normalization == fold["normalization"]
     with pytest.raises(ValueError, match="no fold 3"):
         ChipDataModule(store, fold=3)
+
+
+def test_fold_validation_is_never_test_data(store):
+    """Early stopping, the LR schedule and best.ckpt follow the val loader: for every fold of
+    a --folds store it serves chips that are neither that fold's test nor training chips."""
+    st = ChipStore(store)
+    for f in range(len(st.manifest["folds"])):
+        dm = ChipDataModule(store, batch_size=64, fold=f, augment=False, num_workers=0)
+        dm.setup("fit")
+        seen = {
+            s: set(cat(all_batches(getattr(dm, f"{s}_dataloader")()), "index").tolist())
+            for s in ("train", "val", "test")
+        }
+        assert seen["val"], f"fold {f} has no validation chips"
+        assert not seen["val"] & seen["test"], f"fold {f}: val chips are test chips"
+        assert not seen["val"] & seen["train"], f"fold {f}: val chips are training chips"
+        assert not seen["train"] & seen["test"]
+
+
+def test_old_fold_stores_without_validation_are_refused(store, tmp_path):
+    import json
+    import shutil
+
+    from demgen.errors import InputError
+
+    old = tmp_path / "old"
+    shutil.copytree(store, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for fold in manifest["folds"]:
+        fold.pop("val")
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="prepare it again with --folds"):
+        ChipDataModule(str(old), fold=0)
+
+
+def test_pixel_size_and_vertical_datum_of_stores(store, tmp_path):
+    import json
+    import shutil
+
+    from demgen.data.datamodule import manifest_pixel_size
+
+    dm = ChipDataModule(store)
+    assert dm.pixel_size == pytest.approx(10.0) and dm.vertical_crs == "unknown"
+    # what demgen prepare records wins over the grids; stores without grids (npz) have none
+    assert manifest_pixel_size({"pixel_size_m": [8.0, 12.5], "scenes": []}) == pytest.approx(10.0)
+    assert manifest_pixel_size({"source": "npz", "scenes": []}) is None
+    geo = {"crs": "EPSG:4326", "transform": [1 / 3600, 0, 10, 0, -1 / 3600, 46.5],
+           "width": 3600, "height": 3600}  # fmt: skip
+    assert 25.0 < manifest_pixel_size({"scenes": [{"grid": geo}]}) < 27.0  # 1" at 46 N
+    copy = tmp_path / "v"
+    shutil.copytree(store, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["vertical_crs"] = "EGM96 height"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert ChipDataModule(str(copy)).vertical_crs == "EGM96 height"
 
 
 def test_only_train_is_augmented_and_val_test_are_deterministic(store):
@@ -107,7 +172,7 @@ def test_only_train_is_augmented_and_val_test_are_deterministic(store):
                 assert torch.equal(x[key], y[key])
         for batch in a:  # unaugmented: exactly the normalized stored chip
             for k, j in enumerate(batch["index"].tolist()):
-                want = norm.apply(np.asarray(st.image[j], np.float32))
+                want = stored_chip(st, norm, j)
                 np.testing.assert_allclose(batch["image"][k].numpy(), want, rtol=1e-6)
     torch.manual_seed(0)
     seen: list[dict[int, torch.Tensor]] = [{}, {}]
@@ -119,7 +184,7 @@ def test_only_train_is_augmented_and_val_test_are_deterministic(store):
             for k, j in enumerate(batch["index"].tolist()):
                 seen[epoch][j] = batch["image"][k]
     moved = sum(
-        not torch.allclose(x, torch.from_numpy(norm.apply(np.asarray(st.image[j], np.float32))))
+        not torch.allclose(x, torch.from_numpy(stored_chip(st, norm, j)))
         for j, x in seen[0].items()
     )
     assert moved > 0  # training chips are rotated/flipped ...
@@ -128,7 +193,7 @@ def test_only_train_is_augmented_and_val_test_are_deterministic(store):
     for batch in dm_off.train_dataloader():
         assert "aug" not in batch
         for k, j in enumerate(batch["index"].tolist()):
-            plain = torch.from_numpy(norm.apply(np.asarray(st.image[j], np.float32)))
+            plain = torch.from_numpy(stored_chip(st, norm, j))
             assert torch.allclose(batch["image"][k], plain)
 
 

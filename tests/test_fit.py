@@ -227,3 +227,63 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--trainer.strategy" in out and "--ckpt_path" in out and "runs" in out
+
+
+def test_store_recipes_link_pixel_size_and_vertical_datum(stores, tmp_path, monkeypatch):
+    """A store-based recipe gets the store's pixel size (10 m rasters) and vertical datum
+    linked into the task; an ungeoreferenced .npz store links None (no resolution guard)."""
+    import json
+    import shutil
+
+    from demgen.training import build_cli
+
+    store = tmp_path / "store"
+    shutil.copytree(stores["dsm"], store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["vertical_crs"] = "EGM2008 height"
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    base = ["--run_root", str(tmp_path / "runs"), *COMMON, "--trainer.fast_dev_run", "true",
+            "--data.batch_size", "2", "--data.init_args.num_workers", "0"]  # fmt: skip
+    cli = build_cli(["--config", str(CONFIGS / "deepdem/refine_dsm.yaml"), *base,
+                     "--data.store", str(store)])  # fmt: skip
+    assert cli.model.hparams.pixel_size == pytest.approx(10.0)
+    assert cli.model.hparams.vertical_crs == "EGM2008 height"
+    cli = build_cli(["--config", str(CONFIGS / "image2dem/pix2pix.yaml"), *base,
+                     "--data.store", stores["npz"]])  # fmt: skip
+    assert cli.model.hparams.pixel_size is None
+    assert cli.model.hparams.vertical_crs == "unknown"
+    # a relative model (global-shift) is checkpointed and early-stopped on what it logs
+    monitor = getattr(cli.model, "monitor", "val_mae_m")
+    assert cli.trainer.checkpoint_callback.monitor == monitor
+    assert cli.trainer.early_stopping_callback.monitor == monitor
+
+
+def test_fit_checkpoint_refuses_images_of_another_resolution(quick_cache, tmp_path, capsys):
+    """quick.yaml's world at 20 m (the YAML says 10): the checkpoint records the store's
+    20 m, and predict refuses a 40 m image with one line and exit 2 (--any-resolution
+    predicts anyway)."""
+    from rasterio.transform import from_origin
+
+    from demgen.io.raster import write_raster
+
+    run = fit([*_tiny_quick(quick_cache), "--data.init_args.pixel_size", "20.0",
+               "--run_name", "q20", "--run_root", str(tmp_path), "--trainer.max_epochs", "1",
+               "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"],
+              log=None)  # fmt: skip
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["pixel_size"] == pytest.approx(20.0)
+    img = tmp_path / "coarse.tif"
+    data = np.random.default_rng(0).integers(100, 3000, (4, 64, 64)).astype(np.uint16)
+    write_raster(img, data, crs="EPSG:32633", transform=from_origin(500_000, 5_200_000, 40, 40),
+                 descriptions=["B2", "B3", "B4", "B8"])  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "dem.tif"
+    assert cli_main(["predict", str(ckpt), str(img), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pixel size 40.00 m" in err and "20 m" in err
+    assert not out.exists()
+    assert cli_main(["predict", str(ckpt), str(img), "-o", str(out), "-q",
+                     "--any-resolution"]) == 0  # fmt: skip
+    assert out.is_file()

@@ -42,10 +42,33 @@ def test_precision_forced_and_cuda(monkeypatch):
         precision.resolve_precision("fp16")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
     assert precision.resolve_precision("auto", "cuda") == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (6, 1))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert precision.resolve_precision("auto", "cuda") == "32-true"
     assert precision.resolve_precision("32", "cuda") == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("capability", "want", "reason"),
+    [
+        ((7, 5), "32-true", "fp32: the GPU (compute capability 7.5) has no native bf16"),
+        ((7, 0), "32-true", "fp32: the GPU (compute capability 7.0) has no native bf16"),
+        ((8, 0), "bf16-mixed", "bf16: the GPU (compute capability 8.0) has native bf16"),
+        ((9, 0), "bf16-mixed", "bf16: the GPU (compute capability 9.0) has native bf16"),
+    ],
+)
+def test_precision_auto_needs_native_gpu_bf16(monkeypatch, capability, want, reason):
+    """is_bf16_supported() is True on pre-Ampere GPUs through (slow) emulation: auto goes
+    by the compute capability instead, and says so."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    assert precision.resolve_precision("auto", "cuda") == want
+    assert precision.resolve_precision("auto", "cuda:0") == want
+    assert precision.precision_reason("cuda").startswith(reason)
+    assert precision.resolve_precision("bf16", "cuda") == "bf16-mixed"  # forcing still works
 
 
 def test_cpu_flags_reads_this_machine():

@@ -64,11 +64,40 @@ def test_whole_blocks_stay_together_before_the_buffer():
 def test_kfold_tests_each_block_once(k):
     places = grid_places()
     folds = kfold_split(places, k, seed=0)
-    tested = [i for f in folds for i in f["test"] + f["excluded"]]
-    assert sorted(tested) == list(range(len(places)))
+    tested = [i for f in folds for i in f["test"]]
+    assert len(tested) == len(set(tested))  # no chip is tested twice
     for f in folds:
-        assert not set(f["train"]) & set(f["test"])
-        assert_buffered(places, f, keys=("test",))
+        parts = [set(f[s]) for s in ("train", "val", "test", "excluded")]
+        assert sum(map(len, parts)) == len(places) == len(set().union(*parts))
+        assert_buffered(places, f, keys=("val", "test"))
+    # every chip is tested in one fold, or excluded there by the buffer
+    assert set(tested) | {i for f in folds for i in f["excluded"]} == set(range(len(places)))
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_kfold_validation_never_uses_test_chips(k):
+    """Model selection in fold i looks at its own val blocks: disjoint from its test and its
+    train chips, buffered from both, non-empty, deterministic by seed."""
+    places = grid_places()
+    folds = kfold_split(places, k, seed=2)
+    for f in folds:
+        val, test, train = set(f["val"]), set(f["test"]), set(f["train"])
+        assert val and test and train
+        assert not val & test and not val & train and not train & test
+        for i in f["val"]:
+            for j in f["test"]:
+                assert gap(places[i].bounds, places[j].bounds) >= CHIP * PX - 1e-6, (i, j)
+    assert folds == kfold_split(places, k, seed=2)
+    n_val = np.mean([len(f["val"]) for f in folds])
+    n_rest = np.mean([len(f["train"]) + len(f["val"]) for f in folds])
+    assert 0.05 < n_val / n_rest < 0.35  # about FOLD_VAL_FRACTION of the non-test chips
+
+
+def test_kfold_validation_of_ungeoreferenced_chips():
+    places = [ChipPlace(0, (0, -1, i), None) for i in range(40)]
+    for f in kfold_split(places, 4, seed=0, buffer=0):
+        assert sorted(f["train"] + f["val"] + f["test"]) == list(range(40))
+        assert len(f["test"]) == 10 and 0 < len(f["val"]) < 10
 
 
 def test_ungeoreferenced_chips_split_randomly():

@@ -1,7 +1,9 @@
 """Choose numeric precision and memory format for the hardware, from measurements.
 
 ``auto`` means bf16 autocast where bf16 matrix arithmetic is actually faster than fp32:
-CUDA GPUs with bf16 and CPUs with AMX tiles (bf16 matmul several times the fp32 rate).
+CUDA GPUs with native bf16 (compute capability 8.0 or newer: Ampere and later; older GPUs
+may report bf16 support through emulation, which is slower than fp32) and CPUs with AMX
+tiles (bf16 matmul several times the fp32 rate).
 A CPU with AVX-512 BF16 but no AMX only has ``vdpbf16ps`` dot products, which here run at
 about half the fp32 FMA rate (bf16 matmul 150 vs fp32 310 GFLOP/s, every training step and
 scene prediction slower in bf16; README "Performance"), so ``auto`` keeps fp32 there.
@@ -44,13 +46,36 @@ def cpu_has_amx() -> bool:
     return {"amx_bf16", "amx_tile"} <= cpu_flags()
 
 
+#: The first CUDA compute capability with bf16 tensor cores (Ampere, sm_80).
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def gpu_capability(device: str | None = None) -> tuple[int, int] | None:
+    """CUDA compute capability ``(major, minor)`` of ``device`` (None without a GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    index = device.partition(":")[2] if device else ""
+    major, minor = torch.cuda.get_device_capability(int(index) if index.isdigit() else None)
+    return int(major), int(minor)
+
+
+def gpu_has_native_bf16(device: str | None = None) -> bool:
+    """True when the GPU computes in bf16 natively (compute capability 8.0 or newer).
+
+    ``torch.cuda.is_bf16_supported()`` alone is not enough: it is also True on older GPUs
+    (e.g. Turing, 7.5) where bf16 is emulated, and slower than fp32.
+    """
+    cap = gpu_capability(device)
+    return cap is not None and cap >= NATIVE_BF16_CAPABILITY
+
+
 def bf16_is_fast(device: str | None = None) -> bool:
     """Whether bf16 autocast speeds up convolutions on ``device`` (what ``auto`` follows)."""
     device = device or default_device()
     if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return gpu_has_native_bf16(device)
     return cpu_has_amx()
 
 
@@ -58,8 +83,13 @@ def precision_reason(device: str | None = None) -> str:
     """One line saying what ``auto`` picks on ``device`` and why (for logs)."""
     device = device or default_device()
     if device.startswith("cuda"):
-        ok = bf16_is_fast(device)
-        return "bf16: the GPU supports bf16" if ok else "fp32: the GPU has no bf16"
+        cap = gpu_capability(device)
+        if cap is None:
+            return "fp32: no GPU is visible"
+        cc = f"compute capability {cap[0]}.{cap[1]}"
+        if cap >= NATIVE_BF16_CAPABILITY:
+            return f"bf16: the GPU ({cc}) has native bf16"
+        return f"fp32: the GPU ({cc}) has no native bf16 (emulated bf16 is slower than fp32)"
     if cpu_has_amx():
         return "bf16: the CPU has AMX"
     if cpu_supports_bf16():

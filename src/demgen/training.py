@@ -12,9 +12,13 @@ plus any ``trainer`` options; every key can be overridden on the command line
 What ``fit`` adds to plain LightningCLI, so every run is comparable and resumable:
 
 - the data module's normalization dicts are linked into the task's ``image_norm`` and
-  ``elevation_norm`` when both are built, so configs never hard-code statistics;
-- callbacks: ModelCheckpoint (``best.ckpt`` on the lowest ``val_mae_m`` and ``last.ckpt``),
-  EarlyStopping on ``val_mae_m``, LearningRateMonitor (each configurable as
+  ``elevation_norm`` when both are built, so configs never hard-code statistics; so are the
+  store's chip size, pixel size in metres (:func:`store_pixel_size`: what ``demgen predict``
+  checks an image's resolution against; None, no check, for ungeoreferenced ``.npz``
+  stores) and vertical datum (:func:`store_vertical_crs`), and a refinement task's layers;
+- callbacks (:mod:`demgen.training_callbacks`): ModelCheckpoint (``best.ckpt`` on the lowest
+  ``val_mae_m``, or the task's ``monitor``, e.g. ``val_mae_rel_m`` for relative models, and
+  ``last.ckpt``), EarlyStopping on the same metric, LearningRateMonitor (each configurable as
   ``--checkpoint.*``, ``--early_stopping.*``, ``--lr_monitor.*``), :class:`RNGState` (the
   random generators are saved in checkpoints so a resumed run draws the same shuffles and
   augmentations as an uninterrupted one) and :class:`CheckpointInfo` (task class, bands,
@@ -34,9 +38,7 @@ Scale-out is Lightning's own: ``--trainer.strategy ddp --trainer.devices N`` (an
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
-import random
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -45,21 +47,36 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-)
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from demgen import __version__
 from demgen.errors import InputError
 from demgen.io.checkpoint import read_checkpoint
 from demgen.precision import precision_reason, resolve_precision
+from demgen.training_callbacks import (
+    CheckpointInfo,
+    RNGState,
+    RunCSVLogger,
+    SeenChips,
+    _tensorboard_available,
+    trim_metrics,
+)
+
+__all__ = [
+    "MONITOR",
+    "CheckpointInfo",
+    "DemgenCLI",
+    "RNGState",
+    "RunCSVLogger",
+    "SeenChips",
+    "build_cli",
+    "first_line",
+    "fit",
+    "seen_chips",
+    "store_pixel_size",
+    "store_vertical_crs",
+    "trim_metrics",
+]
 
 RUN_DIR_ENV = "DEMGEN_FIT_RUN_DIR"  # set by rank 0 so DDP child processes log to its folder
 MONITOR = "val_mae_m"
@@ -75,158 +92,6 @@ Train a demgen task from a LightningCLI YAML config (see configs/ and README "Tr
 The run goes to RUN_ROOT/CONFIG_NAME/version_N/ (printed): metrics.csv, config.yaml,
 tensorboard/, checkpoints/best.ckpt and last.ckpt, learning_curves.png.
 """
-
-
-# --- callbacks ------------------------------------------------------------------------------
-
-
-class RNGState(Callback):
-    """Save the torch/numpy/python random generators in checkpoints and restore them on resume.
-
-    Lightning restores weights, optimizers, schedulers and loop counters but not the global
-    generators, which draw the training shuffle (``RandomSampler``), the augmentations and
-    dropout; restoring them makes a resumed run continue exactly like an uninterrupted one.
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        # plain lists and tensors only, so checkpoints stay loadable with weights_only=True
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (what seed_everything seeds)
-        state: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-            "python": _to_lists(random.getstate()),
-        }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "torch" not in state_dict:
-            return
-        torch.set_rng_state(state_dict["torch"])
-        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state(  # noqa: NPY002
-            (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
-        )
-        version, internal, gauss_next = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss_next))
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
-
-
-def _to_lists(state: tuple) -> list:
-    version, internal, gauss_next = state
-    return [version, list(internal), gauss_next]
-
-
-class CheckpointInfo(Callback):
-    """Write ``checkpoint["demgen"]``: what prediction needs besides the task's hyperparameters
-    (task class, band names, normalization, chip size, store, demgen version)."""
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        cls = type(pl_module)
-        info: dict[str, Any] = {
-            "task": f"{cls.__module__}.{cls.__qualname__}",
-            "demgen_version": __version__,
-        }
-        hp = pl_module.hparams
-        if "image_norm" in hp:
-            info["bands"] = list(hp["image_norm"].get("bands", []))
-            info["normalization"] = {"image": hp["image_norm"], "elevation": hp["elevation_norm"]}
-        if "chip_size" in hp:
-            info["chip_size"] = hp["chip_size"]
-        dm = getattr(trainer, "datamodule", None)
-        store = getattr(dm, "store", None)
-        if store is not None:
-            info["store"] = str(getattr(dm, "store_path", ""))
-            info["store_chip_size"] = store.manifest.get("chip_size")
-            info["bands"] = list(store.bands)
-        checkpoint["demgen"] = info
-
-
-class SeenChips(Callback):
-    """Record which chips (``batch["index"]``) each rank trains on, per epoch, as
-    ``seen_chips_rank<R>.csv`` in the run folder: evidence that DDP ranks see disjoint data."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, int]] = []
-        self.folder: str | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.folder = trainer.log_dir  # collective: every rank calls setup
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if isinstance(batch, dict) and "index" in batch:
-            self.rows += [(trainer.current_epoch, int(i)) for i in batch["index"].tolist()]
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.folder is None:
-            return
-        path = Path(self.folder) / f"seen_chips_rank{trainer.global_rank}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["epoch", "index"])
-            w.writerows(self.rows)
-
-
-# --- loggers --------------------------------------------------------------------------------
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued (resume)
-    instead of deleted."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
-                self.metrics_keys = list(csv.DictReader(fh).fieldnames or [])
-
-
-class RunCSVLogger(CSVLogger):
-    """CSVLogger that appends to the run's ``metrics.csv`` when a run is resumed."""
-
-    @property
-    def experiment(self) -> Any:
-        if self._experiment is None and pl.utilities.rank_zero_only.rank == 0:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return super().experiment
-
-
-def trim_metrics(csv_path: Path, epoch: int, step: int) -> None:
-    """Drop rows of ``metrics.csv`` logged after a checkpoint (epoch ``epoch``, ``step``), so
-    a resumed run's file reads like an uninterrupted one's."""
-    if not csv_path.is_file():
-        return
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields, rows = reader.fieldnames or [], list(reader)
-
-    def keep(row: dict[str, str]) -> bool:
-        if row.get("epoch") not in (None, ""):
-            return int(float(row["epoch"])) <= epoch
-        return row.get("step") in (None, "") or int(float(row["step"])) < step
-
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(r for r in rows if keep(r))
-
-
-def _tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        try:
-            import tensorboardX  # noqa: F401
-        except ImportError:
-            return False
-    return True
 
 
 def _version_dirs(folder: Path) -> list[tuple[int, Path]]:
@@ -266,6 +131,20 @@ def _chip_size(dm: Any) -> int:
     if store is None:
         raise InputError(f"data module {type(dm).__name__} has no chip store")
     return int(store.manifest["chip_size"])
+
+
+def store_pixel_size(dm: Any) -> float | None:
+    """The data module's pixel size in metres (``ChipDataModule.pixel_size``), linked into the
+    task's ``pixel_size`` so ``demgen predict`` refuses images of another resolution; None
+    (no check) for ungeoreferenced stores and data modules without one."""
+    size = getattr(dm, "pixel_size", None)
+    return float(size) if size else None
+
+
+def store_vertical_crs(dm: Any) -> str:
+    """The vertical datum of the data module's heights (``unknown`` where not declared),
+    linked into the task's ``vertical_crs``."""
+    return str(getattr(dm, "vertical_crs", None) or "unknown")
 
 
 def _extras(dm: Any) -> list[dict[str, Any]]:
@@ -344,6 +223,15 @@ class DemgenCLI(LightningCLI):
         parser.link_arguments(
             "data", "model.init_args.chip_size", compute_fn=_chip_size, apply_on="instantiate"
         )
+        # what prediction checks an input against: the resolution and vertical datum trained on
+        parser.link_arguments(
+            "data", "model.init_args.pixel_size", compute_fn=store_pixel_size,
+            apply_on="instantiate",
+        )  # fmt: skip
+        parser.link_arguments(
+            "data", "model.init_args.vertical_crs", compute_fn=store_vertical_crs,
+            apply_on="instantiate",
+        )  # fmt: skip
         # refinement tasks (RefineTask) also take the store's extra layers and their norms;
         # jsonargparse skips a link whose target the chosen task class does not have
         parser.link_arguments(
@@ -423,6 +311,13 @@ class DemgenCLI(LightningCLI):
             ckpt = self._get(self.config_init, "checkpoint")
             if ckpt is not None:
                 ckpt.save_last = False
+        # a relative (per-chip offset) model logs val_mae_rel_m instead of val_mae_m: its
+        # checkpoint and early stopping follow the metric the task names, unless set by hand
+        monitor = getattr(getattr(self, "model", None), "monitor", MONITOR)
+        for key in ("checkpoint", "early_stopping"):
+            cb = self._get(self.config_init, key)
+            if cb is not None and getattr(cb, "monitor", None) == MONITOR:
+                cb.monitor = monitor
         callbacks = list(trainer_cfg.get("callbacks") or [])
         callbacks += [RNGState(), CheckpointInfo()]
         kwargs["callbacks"] = callbacks
@@ -497,7 +392,7 @@ def _fit(args: Sequence[str], log: Callable[[str], None] | None) -> Path | None:
     ckpt = trainer.checkpoint_callback
     if log and ckpt is not None:
         best = ckpt.best_model_score
-        score = f", best {MONITOR} {float(best):.3f} m" if best is not None else ""
+        score = f", best {ckpt.monitor} {float(best):.3f} m" if best is not None else ""
         log(f"[demgen fit] checkpoints in {ckpt.dirpath} (best.ckpt, last.ckpt){score}")
     return run_dir
 

@@ -13,9 +13,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint's model to TorchScript or ONNX",
         description=(
-            "Write CHECKPOINT's generator as TorchScript (.pt) or ONNX (.onnx), and beside it "
-            "OUTPUT.json with the band names and normalizations needed to turn stored DNs "
-            "into metres. ONNX needs the 'onnx' package."
+            "Write CHECKPOINT's network as TorchScript (.pt) or ONNX (.onnx), and beside it "
+            "OUTPUT.json with its input channels in order (image bands, or a refinement "
+            "model's stacked layers) and their normalizations, and how to turn its output "
+            "into metres. Every task exports (regression, pix2pix, drpan, refine). ONNX "
+            "needs the 'onnx' package."
         ),
     )
     p.add_argument("checkpoint", type=Path, help="model checkpoint (.ckpt)")

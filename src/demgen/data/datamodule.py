@@ -34,6 +34,35 @@ from torch.utils.data import DataLoader
 
 from demgen.data.augment import apply_batch
 from demgen.data.chips import ChipDataset, ChipStore
+from demgen.errors import InputError
+
+
+def manifest_pixel_size(manifest: dict[str, Any]) -> float | None:
+    """The training data's pixel size in metres (geometric mean of x and y), or None.
+
+    From ``manifest["pixel_size_m"]`` ([x, y] metres) where ``demgen prepare`` wrote it, else
+    from each scene's grid (CRS, transform, size; :func:`demgen.io.geodesy.pixel_size_m`),
+    averaged over scenes. Stores imported from ``.npz`` have no georeferencing: None, and
+    ``demgen predict`` then cannot check the resolution of what it is given.
+    """
+    from demgen.io.geodesy import mean_pixel_size_m, pixel_size_m
+
+    size = manifest.get("pixel_size_m")
+    if size:
+        xy = (float(size[0]), float(size[1])) if isinstance(size, list | tuple) else (size, size)
+        return mean_pixel_size_m(xy)
+    sizes = []
+    for scene in manifest.get("scenes") or []:
+        grid = scene.get("grid") or {}
+        if not grid.get("crs") or not grid.get("transform"):
+            continue
+        from rasterio.transform import Affine
+
+        xy = pixel_size_m(
+            grid["crs"], Affine(*grid["transform"][:6]), grid["width"], grid["height"]
+        )
+        sizes.append(mean_pixel_size_m(xy))
+    return sum(sizes) / len(sizes) if sizes else None
 
 
 def _cuda_available() -> bool:
@@ -64,8 +93,10 @@ class ChipDataModule(pl.LightningDataModule):
         batch_size: chips per batch (every loader).
         num_workers: DataLoader worker processes; ``auto`` (default): :func:`auto_num_workers`.
         augment: random rot90/flip of training chips (never of val/test).
-        fold: use k-fold ``fold`` of the store (``--folds``): train on its training part,
-            validate and test on its held-out part, with that fold's normalization.
+        fold: use k-fold ``fold`` of the store (``--folds``): train, validate and test on
+            that fold's train, val and test chips, with that fold's normalization (its val
+            chips are blocks outside its test ground, see :func:`demgen.data.splits.kfold_split`,
+            so early stopping and ``best.ckpt`` never see test data).
         extra: also yield the store's extra layers (``extra``, see ``ChipStore.extras``).
         augment_seed: None (default) draws augmentations from torch's RNG, so they differ
             every epoch and follow ``seed_everything``; an int fixes them per chip.
@@ -102,6 +133,12 @@ class ChipDataModule(pl.LightningDataModule):
             n = len(self.store.manifest.get("folds") or [])
             if not 0 <= fold < n:
                 raise ValueError(f"{self.store_path}: no fold {fold} (the store has {n} folds)")
+            if not self.store.manifest["folds"][fold].get("val"):
+                raise InputError(
+                    f"{self.store_path}: fold {fold} has no validation chips of its own (stores "
+                    "prepared before demgen validated folds on their test chips); prepare it "
+                    "again with --folds"
+                )
         self.datasets: dict[str, ChipDataset] = {}
 
     # what a task needs to save with its weights ---------------------------------------------
@@ -124,6 +161,18 @@ class ChipDataModule(pl.LightningDataModule):
         return self.store.elevation_norm(self.fold)
 
     @property
+    def pixel_size(self) -> float | None:
+        """Pixel size of the chips in metres (None for ungeoreferenced ``.npz`` stores);
+        ``demgen fit`` links it into the task so ``demgen predict`` can refuse other
+        resolutions."""
+        return manifest_pixel_size(self.store.manifest)
+
+    @property
+    def vertical_crs(self) -> str:
+        """The vertical datum of the store's heights, ``unknown`` where none was declared."""
+        return str(self.store.manifest.get("vertical_crs") or "unknown")
+
+    @property
     def in_channels(self) -> int:
         n_extra = len(self.store.extras) if self.extra and self.store.extra is not None else 0
         return len(self.bands) + n_extra
@@ -131,8 +180,9 @@ class ChipDataModule(pl.LightningDataModule):
     # splits -----------------------------------------------------------------------------------
 
     def split_name(self, stage: str) -> str:
-        """The store split behind ``stage`` ('train', 'val', 'test'); folds have no val."""
-        return "test" if self.fold is not None and stage == "val" else stage
+        """The store split behind ``stage`` ('train', 'val', 'test'): the same name, for the
+        store and for a fold alike (a fold's val is its own, never its test chips)."""
+        return stage
 
     def dataset(self, stage: str) -> ChipDataset:
         if stage not in self.datasets:

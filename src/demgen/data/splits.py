@@ -8,6 +8,10 @@ fractions by chip count); then every val/test chip whose footprint comes closer 
 evaluation chip shares ground, or a buffer of one chip by default, with a training chip.
 Footprints are compared on the ground (chip bounds in one CRS), so chips of overlapping
 scenes are handled too. Chips without georeferencing are each their own block, no buffer.
+
+In k folds (:func:`kfold_split`) each fold also has its own val split, dealt from the blocks
+outside its test group and buffered from both train and test, so that model selection
+(early stopping, LR schedule, ``best.ckpt``) never looks at the fold's test data.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+#: Share of a fold's non-test chips that validates it (whole blocks, see :func:`kfold_split`).
+FOLD_VAL_FRACTION = 0.15
 
 
 @dataclass
@@ -95,7 +101,7 @@ def blocked_split(
     and test closest to their target sizes wins. With no ground bounds (chips without
     georeferencing) each chip is its own block and no buffer applies.
     """
-    keys = [p.block if p.bounds is not None else (p.scene, -1, i) for i, p in enumerate(places)]
+    keys = _keys(places)
     if not places:
         return {s: [] for s in (*SPLITS, "excluded")}
     target = np.asarray(fractions, float) / np.sum(fractions) * len(places)
@@ -140,16 +146,67 @@ def _apply_buffer(
 
 
 def kfold_split(
-    places: Sequence[ChipPlace], k: int, *, seed: int = 0, buffer: float = 1.0
+    places: Sequence[ChipPlace],
+    k: int,
+    *,
+    seed: int = 0,
+    buffer: float = 1.0,
+    val_fraction: float = FOLD_VAL_FRACTION,
+    tries: int = 32,
 ) -> list[dict[str, list[int]]]:
-    """k spatially blocked folds: fold i tests on block group i, trains on the others."""
-    keys = [p.block if p.bounds is not None else (p.scene, -1, i) for i, p in enumerate(places)]
+    """k spatially blocked folds, each with its own train/val/test.
+
+    Blocks are dealt to k groups once; fold i tests on group i. Its validation chips (what
+    early stopping, the LR schedule and ``best.ckpt`` are chosen on) are never test chips:
+    they are whole blocks, about ``val_fraction`` of the chips, taken from the other groups'
+    blocks, and the fold trains on the remaining blocks. The buffer then excludes every val or
+    test chip closer than ``buffer`` chip widths to a training chip, and every val chip that
+    close to a test chip, so model selection never sees the test ground or its surroundings
+    (listed under ``excluded``). As in :func:`blocked_split`, ``tries`` deals of the val blocks,
+    all derived from ``seed`` and ``i``, are compared and the one keeping val closest to its
+    target size wins: the folds are deterministic.
+    """
+    keys = _keys(places)
     group = _deal(keys, [1.0] * k, seed)
     folds = []
     for i in range(k):
-        groups = {"train": np.flatnonzero(group != i), "test": np.flatnonzero(group == i)}
-        folds.append(_apply_buffer(places, groups, buffer))
+        test, rest = np.flatnonzero(group == i), np.flatnonzero(group != i)
+        target = val_fraction * len(rest)
+        best, best_score = None, None
+        for t in range(tries if buffer > 0 and val_fraction > 0 else 1):
+            fractions = (1.0 - val_fraction, val_fraction)
+            sub = _deal([keys[j] for j in rest], fractions, (seed * 1_000_003 + i) * 7919 + t)
+            groups = {"train": rest[sub == 0], "val": rest[sub == 1], "test": test}
+            out = _apply_buffer(places, groups, buffer)
+            _buffer_val_from_test(places, out, buffer)
+            score = (min(1.0, len(out["val"]) / target) if target else 1.0, -len(out["excluded"]))
+            if best_score is None or score > best_score:
+                best, best_score = out, score
+        assert best is not None
+        folds.append(best)
     return folds
+
+
+def _keys(places: Sequence[ChipPlace]) -> list[tuple[int, int, int]]:
+    """Block key of each chip; an ungeoreferenced chip is its own block."""
+    return [p.block if p.bounds is not None else (p.scene, -1, i) for i, p in enumerate(places)]
+
+
+def _buffer_val_from_test(
+    places: Sequence[ChipPlace], out: dict[str, list[int]], buffer: float
+) -> None:
+    """Move the val chips closer than ``buffer`` chip widths to a test chip to ``excluded``."""
+    val = np.array([i for i in out["val"] if places[i].bounds is not None], np.int64)
+    test = np.array([i for i in out["test"] if places[i].bounds is not None], np.int64)
+    if buffer <= 0 or not len(val) or not len(test):
+        return
+    bounds = np.full((len(places), 4), np.nan)
+    for i in np.concatenate([val, test]):
+        bounds[i] = places[i].bounds
+    width = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
+    drop = set(val[_too_close(bounds, val, test, buffer * width)].tolist())
+    out["val"] = [i for i in out["val"] if i not in drop]
+    out["excluded"] = sorted([*out["excluded"], *drop])
 
 
 def choose_block(n_rows: int, n_cols: int, block: int, min_blocks: int = 6) -> int:
