@@ -104,3 +104,25 @@ def test_gradient_penalty_of_a_linear_critic():
             return (w * z).sum(dim=(1, 2, 3)).view(-1, 1)
 
         assert gradient_penalty(critic, x, torch.randn_like(x)).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["pixel", "gradient", "ssim"])
+def test_invalid_values_change_neither_loss_nor_gradient(name):
+    """NaN, inf or 1e6 at masked-out pixels of prediction and target: the same loss and the
+    same (finite) gradient as 0 there."""
+    fn = {"pixel": pixel_loss, "gradient": gradient_loss, "ssim": ssim_loss}[name]
+    g = torch.Generator().manual_seed(0)
+    base_p, base_t = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
+    mask = torch.ones(2, 1, 16, 16, dtype=torch.bool)
+    mask[:, :, 4:9, 2:7] = False
+    results = []
+    for v in (0.0, float("nan"), float("inf"), 1e6):
+        p = torch.where(mask, base_p, v).requires_grad_(True)
+        t = torch.where(mask, base_t, v)
+        loss = fn(p, t, mask)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(p.grad).all(), v
+        results.append((float(loss), p.grad.clone()))
+    for loss, grad in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6)
+        torch.testing.assert_close(grad, results[0][1])

@@ -96,3 +96,23 @@ def test_existing_global_api_unchanged():
     assert isinstance(norm_from_dict(ResidualNorm(3.0, 64).to_dict()), ResidualNorm)
     with pytest.raises(ValueError, match="unknown"):
         norm_from_dict({"strategy": "nope"})
+
+
+def test_image_fill_is_the_documented_training_statistic():
+    """Invalid image pixels take, in normalized units, each band's training mean
+    (band-zscore), the midpoint of the training percentiles (percentile), or 0 (scale)."""
+    from demgen.data.fill import fill_invalid, image_fill_value
+
+    samples = np.random.default_rng(0).uniform(200, 3000, (2, 500))
+    z = fit_image_norm("band-zscore", samples, ["a", "b"], dtype="uint16")
+    back = z.inverse(np.full((2, 1, 1), image_fill_value(z), np.float32))[:, 0, 0]
+    np.testing.assert_allclose(back, samples.mean(axis=1), rtol=1e-5)
+    p = fit_image_norm("percentile", samples, ["a", "b"])
+    back = p.inverse(np.full((2, 1, 1), image_fill_value(p)))[:, 0, 0]
+    np.testing.assert_allclose(back, (np.array(p.lo) + np.array(p.hi)) / 2)
+    assert image_fill_value(fit_image_norm("scale", samples, ["a", "b"])) == 0.0
+    x = np.array([[[1.0, np.nan], [np.inf, 2.0]]], np.float32)
+    ok = np.array([[[True, True], [True, False]]])
+    np.testing.assert_array_equal(fill_invalid(x, ok, 0.5), [[[1.0, 0.5], [0.5, 0.5]]])
+    t = fill_invalid(torch.from_numpy(x), torch.from_numpy(ok), 0.5)
+    np.testing.assert_array_equal(t.numpy(), [[[1.0, 0.5], [0.5, 0.5]]])

@@ -226,3 +226,56 @@ def test_inputs_without_crs_are_refused(tmp_path, checkpoint):
     good = _image(tmp_path)
     r = run("evaluate", img, good)
     assert r.returncode == 2 and "no CRS" in r.stderr
+
+
+def test_reference_offset_uses_pixels_valid_in_both(tmp_path):
+    """The reference's and the prediction's means are taken over the same pixels: holes in
+    either (here a nodata block in the image, a NaN block in the reference covering a whole
+    window) leave the anchored heights exact."""
+    norm = GlobalShiftNorm(400.0)
+    img = _image(tmp_path)
+    with rasterio.open(img) as ds:
+        pixels, tr, crs = ds.read(), ds.transform, ds.crs
+    pixels[:, 5:17, 60:72] = 0  # an image hole
+    img = write_raster(tmp_path / "holed.tif", pixels, crs=crs, transform=tr, nodata=0,
+                       descriptions=BANDS)  # fmt: skip
+    rel = norm.inverse(_expected_metres(img, norm=False), 0.0)
+    coarse = (rel + 1234.0).astype(np.float32)
+    coarse[40:90, 40:90] = np.nan  # covers the window at rows and columns 48-80 entirely
+    coarse[0:30, 0:20] = np.nan  # part of the first windows
+    ref = write_raster(tmp_path / "coarse.tif", coarse, crs=crs, transform=tr, nodata=np.nan)
+    out = predict_scene(_task(norm), img, tmp_path / "abs.tif", window=32, precision="32",
+                        reference=ref, progress=False)  # fmt: skip
+    pred = _read(out)[0]
+    hole = np.zeros(pred.shape, bool)
+    hole[5:17, 60:72] = True
+    np.testing.assert_array_equal(pred == NODATA, hole)
+    np.testing.assert_allclose(pred[~hole], rel[~hole] + 1234.0, atol=1e-2)
+
+
+def test_default_window_is_the_chip_size_for_relative_models(tmp_path, monkeypatch):
+    from demgen.inference import readers
+    from demgen.inference.scene import default_window
+
+    assert default_window(_task()) == 64 and default_window(_task(GlobalShiftNorm(400.0))) == 32
+    sizes = set()
+    load = readers._ImageReader.load
+
+    def spy(self, windows):
+        sizes.update((w.width, w.height) for w in windows)
+        return load(self, windows)
+
+    monkeypatch.setattr(readers._ImageReader, "load", spy)
+    predict_scene(_task(GlobalShiftNorm(400.0)), _image(tmp_path), tmp_path / "r.tif",
+                  precision="32", progress=False)  # fmt: skip
+    assert sizes == {(32, 32)}  # the training chip size (it was twice that)
+
+
+def test_outputs_record_the_vertical_crs(tmp_path):
+    img = _image(tmp_path)
+    task = _task(vertical_crs="EPSG:5703")
+    assert task.hparams.vertical_crs == "EPSG:5703"
+    for t, want in ((task, "EPSG:5703"), (_task(), "unknown")):
+        out = predict_scene(t, img, tmp_path / f"{want[:4]}.tif", precision="32", progress=False)
+        with rasterio.open(out) as ds:
+            assert ds.tags()["vertical_crs"] == want

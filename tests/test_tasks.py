@@ -242,19 +242,53 @@ def test_metrics_are_metres_over_valid_pixels():
 def test_validation_logs_metres(tmp_path):
     torch.manual_seed(0)
     batch = _batch()
-    task = DEMRegressionTask(INORM, GlobalShiftNorm(50.0).to_dict(), base=8, depth=2)
+    task = DEMRegressionTask(INORM, ENORM, base=8, depth=2)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)  # fmt: skip
     (logged,) = trainer.validate(task, _loader(batch), verbose=False)
     task.eval()
-    with torch.no_grad():
-        z = task(batch["image"])
-    off = batch["offset"].view(-1, 1, 1, 1).float()
-    e = ((z - batch["target"]) * 50.0)[batch["mask"]]  # offsets cancel in the error
+    with torch.no_grad():  # validation fills invalid image pixels first
+        z = task(task.clean_batch(batch)["image"])
+    e = ((z - batch["target"]) * 400.0)[batch["mask"]]  # metres per unit: (900 - 100) / 2
+    assert task.monitor == "val_mae_m"
     assert logged["val_mae_m"] == pytest.approx(float(e.abs().mean()), rel=1e-4)
     assert logged["val_bias_m"] == pytest.approx(float(e.mean()), rel=1e-3, abs=1e-4)
     assert logged["val_rmse_m"] == pytest.approx(float(e.pow(2).mean().sqrt()), rel=1e-4)
-    assert {"val_r2", "val_ssim"} <= set(logged) and off.shape == (4, 1, 1, 1)
+    assert {"val_r2", "val_ssim"} <= set(logged)
+
+
+def test_relative_models_report_relative_metrics_only(tmp_path):
+    """A per-chip (relative) model's validation must not use the true chip offset to
+    score its prediction: it logs MAE/RMSE after removing each chip's mean error, under
+    explicit names, no ``val_mae_m``, and monitors ``val_mae_rel_m``."""
+    torch.manual_seed(0)
+    batch = _batch()
+    task = DEMRegressionTask(INORM, GlobalShiftNorm(50.0).to_dict(), base=8, depth=2)
+    assert task.relative and task.monitor == "val_mae_rel_m"
+    assert task.configure_optimizers()["lr_scheduler"]["monitor"] == "val_mae_rel_m"
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    (logged,) = trainer.validate(task, _loader(batch), verbose=False)
+    assert set(logged) == {"val_mae_rel_m", "val_rmse_rel_m", "val_r2_rel", "val_ssim_rel"}
+    task.eval()
+    with torch.no_grad():
+        err = (task(task.clean_batch(batch)["image"]) - batch["target"]) * 50.0  # offsets cancel
+    m = batch["mask"]
+    e = torch.cat([err[i][m[i]] - err[i][m[i]].mean() for i in range(len(err))])
+    assert logged["val_mae_rel_m"] == pytest.approx(float(e.abs().mean()), rel=1e-4)
+    assert logged["val_rmse_rel_m"] == pytest.approx(float(e.pow(2).mean().sqrt()), rel=1e-4)
+    # A prediction off by a constant per chip scores perfectly, a wrong relief does not.
+    metrics = MetresMetrics(relative=True)
+    true = torch.rand(2, 1, 16, 16) * 10
+    mask = torch.ones_like(true, dtype=torch.bool)
+    metrics.update(true + torch.tensor([3.0, -7.0]).view(2, 1, 1, 1), true, mask)
+    assert float(metrics.compute()["mae_rel_m"]) == pytest.approx(0.0, abs=1e-5)
+    metrics.update(2 * true, true, mask)
+    assert float(metrics.compute()["mae_rel_m"]) > 0.5
+    # Refinement is anchored by its initial DSM: absolute despite its per-chip norm.
+    from demgen.tasks.refine import RefineTask
+
+    assert RefineTask.anchored and DEMRegressionTask.anchored is False
 
 
 def test_predict_scene_with_a_pix2pix_task(tmp_path):

@@ -3,7 +3,9 @@
 All functions take ``pred`` and ``target`` of shape ``(B, 1, H, W)`` and an optional
 boolean ``mask`` of the same shape (True where the reference height is valid); a loss
 is averaged over valid pixels only, and is an exact zero (still attached to the graph)
-when no pixel is valid.
+when no pixel is valid. Whatever invalid pixels hold (NaN, inf, 1e6) changes neither a
+loss nor its gradient: they are replaced by 0 before any arithmetic (``0 * NaN`` would
+be NaN, and a masked-out NaN still poisons the backward pass of ``abs`` or a convolution).
 
 - :func:`pixel_loss`: L1, MSE or Huber on valid pixels.
 - :func:`gradient_loss`: L1 between the forward differences of prediction and target
@@ -29,7 +31,12 @@ HUBER_DELTA = 0.05
 
 def _zero(t: torch.Tensor) -> torch.Tensor:
     """A zero that keeps ``t`` in the graph (so ``backward`` still works)."""
-    return t.sum() * 0.0
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0).sum() * 0.0
+
+
+def _valid_only(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` (float) with 0 wherever ``mask`` is False, so invalid values cannot leak."""
+    return torch.where(mask, x.float(), torch.zeros((), dtype=torch.float32, device=x.device))
 
 
 def pixel_loss(
@@ -94,10 +101,10 @@ def gradient_loss(
     Learning", Remote Sensing 12(12):2002), which makes the generator reproduce slopes
     and break lines rather than only heights. A direction with no valid pair adds 0.
     """
-    pred = pred.float()
-    target = target.float()
     if mask is None:
         mask = torch.ones_like(target, dtype=torch.bool)
+    mask = mask.bool()
+    pred, target = _valid_only(pred, mask), _valid_only(target, mask)
     terms = []
     for dim in (-1, -2):
         n = pred.shape[dim]
@@ -146,10 +153,10 @@ def masked_ssim(
     with ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``. ``reduction="mean"`` averages the SSIM
     map over valid pixels (1.0 when none is valid); ``"none"`` returns the map.
     """
-    pred = pred.float()
-    target = target.float()
     if mask is None:
         mask = torch.ones_like(target, dtype=torch.bool)
+    mask = mask.bool()
+    pred, target = _valid_only(pred, mask), _valid_only(target, mask)
     w = mask.to(pred.dtype)
     # Per-chip rescaling by the target's valid range (no gradient flows through it).
     with torch.no_grad():

@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--window",
         type=positive_int,
         default=None,
-        help="window size in pixels (default: twice the training chip size)",
+        help="window size in pixels (default: twice the training chip size; the chip size "
+        "for relative (per-chip) and refinement models)",
     )
     p.add_argument("--batch-size", type=positive_int, default=4, help="windows per batch (4)")
     p.add_argument(

@@ -56,6 +56,7 @@ import torch
 from torch.utils.data import Dataset
 
 from demgen.data.augment import SPATIAL_KEYS, dihedral, draw_code
+from demgen.data.fill import fill_invalid, image_fill_value
 from demgen.data.normalize import norm_from_dict
 from demgen.errors import InputError
 
@@ -289,7 +290,12 @@ class ChipDataset(Dataset):
 
     ``image`` (C, H, W) float32 and ``target`` (1, H, W) float32 are normalized with the
     store's (or fold's) training statistics; ``mask`` (1, H, W) bool marks valid pixels (the
-    target is 0 where it is False: losses and metrics must ignore those); ``offset`` is the
+    target is 0 where it is False: losses and metrics must ignore those). The store keeps
+    one mask for image and heights, and chips may keep up to ``--max-invalid`` invalid
+    pixels whose stored image values are NaN or a nodata value: every image value where
+    ``mask`` is False, or that is not finite, is replaced by :func:`image_fill_value` (the
+    fill prediction uses for invalid input pixels), so no NaN reaches a network and what
+    invalid pixels held changes nothing. ``offset`` is the
     chip's offset in metres for per-chip strategies, so ``norm.inverse(target, offset)``
     gives metres. ``augment=True`` applies a joint random flip/rotation (one of the 8 of
     :mod:`demgen.data.augment`), reproducible from ``seed``, the epoch (:meth:`set_epoch`)
@@ -319,6 +325,7 @@ class ChipDataset(Dataset):
         self.image_norm = self.store.image_norm(fold)
         self.elevation_norm = self.store.elevation_norm(fold)
         self.offsets = self.store.offsets(self.elevation_norm)
+        self.fill = image_fill_value(self.image_norm)
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.defer_augment = defer_augment
         self.with_extra = extra and self.store.extra is not None
@@ -338,6 +345,7 @@ class ChipDataset(Dataset):
         img, hgt, val = arrs[:3]
         off = float(self.offsets[j]) if np.isfinite(self.offsets[j]) else 0.0
         x = self.image_norm.apply(img.astype(np.float32))
+        x = fill_invalid(np.asarray(x, np.float32), val[None], self.fill)
         y = self.elevation_norm.forward(hgt.astype(np.float64), off)
         y = np.where(val, y, 0.0).astype(np.float32)
         out = {

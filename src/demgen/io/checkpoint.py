@@ -32,13 +32,21 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch words every refusal "Weights only load failed"; a refused object names the
+        # GLOBAL (class or callable) it would have imported, a damaged file does not.
+        found = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
+        if not found:
+            raise CheckpointError(
+                f"{path}: not a readable demgen checkpoint (not a PyTorch file, or damaged)"
+            ) from exc
         raise CheckpointError(
-            f"{path}: refused: the checkpoint holds objects other than plain data "
-            f"(tensors, dicts, lists, numbers, strings), which could run code when loaded "
-            f"({first_line(exc)[:160]})"
+            f"{path}: refused: the checkpoint holds objects other than plain data (tensors, "
+            f"dicts, lists, numbers, strings), which could run code when loaded ({found[0]})"
         ) from exc
     except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(exc)})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable demgen checkpoint ({first_line(exc)})"
+        ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a demgen checkpoint (holds {type(state).__name__})")
     return state

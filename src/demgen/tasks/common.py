@@ -3,9 +3,24 @@
 - :func:`to_metres` turns normalized heights of a batch back into metres, using the
   batch's per-chip ``offset`` when the elevation normalization is per chip.
 - :class:`MetresMetrics` accumulates MAE, RMSE, bias, R2 and SSIM in metres over valid
-  pixels (a torchmetrics ``Metric``, so it syncs under DDP).
+  pixels (a torchmetrics ``Metric``, so it syncs under DDP); ``relative=True`` gives the
+  explicitly named relative metrics of per-chip (relative) models instead.
 - :func:`plateau_optimizer_config` is the optimizer/scheduler dict with ReduceLROnPlateau
-  on ``val_mae_m``.
+  on the task's monitored metric (:attr:`DEMTask.monitor`).
+
+**Invalid pixels.** Every training and validation step first passes its batch through
+:meth:`DEMTask.clean_batch`: image values where ``mask`` is False or not finite take the
+image fill (:func:`demgen.data.fill.image_fill_value`, the same one prediction uses) and
+the target is 0 there, so the networks never see NaN and neither losses nor metrics
+depend on what invalid pixels held.
+
+**Relative models.** A per-chip elevation normalization (``norm.per_chip``, e.g.
+``global-shift``) predicts heights up to an unknown offset per chip; turning a prediction
+into metres with the chip's *true* offset would report an accuracy no prediction can
+reach. Their validation logs ``val_mae_rel_m``, ``val_rmse_rel_m``, ``val_r2_rel`` and
+``val_ssim_rel``: the metrics after removing each chip's mean error (see
+:class:`MetresMetrics`), and no ``val_mae_m``; :attr:`DEMTask.monitor` names the metric to
+monitor (``val_mae_rel_m`` for them, ``val_mae_m`` otherwise).
 - :class:`DEMTask` is the base LightningModule: it owns the normalizations, the
   generator (``self.model``) and the inference interface that ``demgen predict`` and
   ``demgen export`` use (``forward``, ``bands``, ``size_multiple``, ``image_norm``,
@@ -22,6 +37,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from demgen.data.fill import fill_invalid, image_fill_value
 from demgen.data.normalize import norm_from_dict
 from demgen.losses import masked_ssim
 from demgen.models import build_model
@@ -57,15 +73,24 @@ class MetresMetrics(Metric):
     Sums are kept in float64 so that R2's total sum of squares of heights of thousands
     of metres does not cancel. :meth:`compute` returns a dict with keys ``mae_m``,
     ``rmse_m``, ``bias_m``, ``r2`` and ``ssim`` (NaN before any valid pixel).
+
+    ``relative=True`` (models whose heights are only defined up to a per-chip offset):
+    each chip's prediction is first shifted by its mean error over its valid pixels,
+    ``pred' = pred - mean_chip(pred - true)``, and the truth's R2 baseline is its own chip
+    mean, ``t' = true - mean_chip(true)``; keys are ``mae_rel_m``, ``rmse_rel_m``, ``r2_rel``
+    and ``ssim_rel`` (the bias is 0 by construction and not reported). These measure
+    relief, not absolute heights, and no per-chip offset enters them.
     """
 
     full_state_update = False
     higher_is_better = None
     NAMES = ("mae_m", "rmse_m", "bias_m", "r2", "ssim")
+    REL_NAMES = {"mae_m": "mae_rel_m", "rmse_m": "rmse_rel_m", "r2": "r2_rel", "ssim": "ssim_rel"}
 
-    def __init__(self, ssim: bool = True, **kwargs: Any) -> None:
+    def __init__(self, ssim: bool = True, relative: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.with_ssim = ssim
+        self.relative = relative
         for name in ("n", "sum_e", "sum_abs_e", "sum_e2", "sum_t", "sum_t2", "sum_ssim"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -74,20 +99,36 @@ class MetresMetrics(Metric):
         mask = mask.bool()
         if not mask.any():
             return
-        p = pred.detach().double()[mask]
-        t = true.detach().double()[mask]
+        pred, true = pred.detach(), true.detach()
+        zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
+        pred, true = torch.where(mask, pred, zero), torch.where(mask, true, zero.to(true.dtype))
+        if self.relative:
+            n = mask.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
+            mean_e = (pred.double() - true.double()).sum(dim=(1, 2, 3), keepdim=True) / n
+            mean_t = true.double().sum(dim=(1, 2, 3), keepdim=True) / n
+            pred = torch.where(mask, pred.double() - mean_e, 0.0)
+            tss_t = torch.where(mask, true.double() - mean_t, 0.0)
+        p = pred.double()[mask]
+        t = true.double()[mask]
         e = p - t
         self.n += e.numel()
         self.sum_e += e.sum()
         self.sum_abs_e += e.abs().sum()
         self.sum_e2 += (e * e).sum()
-        self.sum_t += t.sum()
-        self.sum_t2 += (t * t).sum()
+        t_base = tss_t[mask] if self.relative else t
+        self.sum_t += t_base.sum()
+        self.sum_t2 += (t_base * t_base).sum()
         if self.with_ssim:
             smap = masked_ssim(pred.detach().float(), true.detach().float(), mask, reduction="none")
             self.sum_ssim += smap[mask].double().sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
+        out = self._compute()
+        if self.relative:
+            return {self.REL_NAMES[k]: v for k, v in out.items() if k in self.REL_NAMES}
+        return out
+
+    def _compute(self) -> dict[str, torch.Tensor]:
         if self.n == 0:
             nan = torch.tensor(float("nan"), device=self.n.device)
             return dict.fromkeys(self.NAMES, nan)
@@ -112,14 +153,16 @@ def plateau_scheduler(
     )
 
 
-def plateau_optimizer_config(optimizer: torch.optim.Optimizer, patience: int = 2) -> dict:
+def plateau_optimizer_config(
+    optimizer: torch.optim.Optimizer, patience: int = 2, monitor: str = "val_mae_m"
+) -> dict:
     """Lightning's ``configure_optimizers`` dict: ``optimizer`` with ReduceLROnPlateau
-    stepped every epoch on the logged ``val_mae_m``."""
+    stepped every epoch on the logged ``monitor`` (a task's :attr:`DEMTask.monitor`)."""
     return {
         "optimizer": optimizer,
         "lr_scheduler": {
             "scheduler": plateau_scheduler(optimizer, patience),
-            "monitor": "val_mae_m",
+            "monitor": monitor,
             "interval": "epoch",
         },
     }
@@ -154,20 +197,50 @@ class DEMTask(L.LightningModule):
     """Base class of the demgen tasks: an image -> heights generator plus its normalizations.
 
     Subclasses call ``save_hyperparameters()`` (so the constructor arguments, including
-    ``image_norm``, ``elevation_norm``, ``chip_size``, ``target`` and ``channels_last``,
-    are in every checkpoint), then :meth:`_setup` with the generator, and implement
-    ``training_step`` and ``configure_optimizers``. Validation (metrics in metres) and the
-    inference interface are shared.
+    ``image_norm``, ``elevation_norm``, ``chip_size``, ``target``, ``pixel_size``,
+    ``vertical_crs`` and ``channels_last``, are in every checkpoint), then :meth:`_setup`
+    with the generator, and implement ``training_step`` and ``configure_optimizers``.
+    Validation (metrics in metres) and the inference interface are shared.
     """
 
     #: Name of the task, saved in checkpoints and used to pick the class when loading.
     task_name: ClassVar[str] = ""
+    #: True where predictions are absolute whatever the normalization (refinement adds a
+    #: correction to an initial DSM), so a per-chip normalization does not make it relative.
+    anchored: ClassVar[bool] = False
 
     def _setup(self, image_norm: dict[str, Any], elevation_norm: dict[str, Any]) -> None:
         self.hparams["task"] = self.task_name
+        self.hparams.setdefault("vertical_crs", "unknown")
         self.image_norm = norm_from_dict(image_norm)
         self.elevation_norm = norm_from_dict(elevation_norm)
-        self.val_metrics = MetresMetrics()
+        self.image_fill = image_fill_value(self.image_norm)
+        self.val_metrics = MetresMetrics(relative=self.relative)
+
+    @property
+    def relative(self) -> bool:
+        """Whether predicted heights are only defined up to a per-chip offset."""
+        return bool(getattr(self.elevation_norm, "per_chip", False)) and not self.anchored
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric to minimize (checkpoints, early stopping, LR plateau):
+        ``val_mae_rel_m`` for relative models (they log no ``val_mae_m``), else
+        ``val_mae_m``."""
+        return "val_mae_rel_m" if self.relative else "val_mae_m"
+
+    def clean_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with the image filled (:func:`~demgen.data.fill.image_fill_value`)
+        wherever ``mask`` is False or the value is not finite, and the target 0 there: what
+        invalid pixels hold can reach neither a network nor a loss. Cheap (two
+        ``torch.where``); a :class:`~demgen.data.chips.ChipDataset` batch is already clean."""
+        mask = batch["mask"].bool()
+        out = {**batch, "mask": mask}
+        out["image"] = fill_invalid(batch["image"], mask, self.image_fill)
+        target = batch["target"]
+        out["target"] = torch.where(mask, target, torch.zeros((), dtype=target.dtype,
+                                                              device=target.device))  # fmt: skip
+        return out
 
     @property
     def bands(self) -> list[str]:
@@ -205,14 +278,19 @@ class DEMTask(L.LightningModule):
         self.set_channels_last(bool(self.hparams.get("channels_last", True)))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Accumulate metrics in metres. For relative models the chip offset only turns
+        both sides into metres; :class:`MetresMetrics` (``relative=True``) removes each
+        chip's mean error, so no true offset ever improves a reported number."""
+        batch = self.clean_batch(batch)
         pred = to_metres(self.elevation_norm, self(batch["image"]), batch)
         true = to_metres(self.elevation_norm, batch["target"], batch)
         self.val_metrics.update(pred, true, batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
+        shown = self.monitor.removeprefix("val_")
         for name, value in values.items():
-            self.log(f"val_{name}", value, prog_bar=name == "mae_m", sync_dist=False)
+            self.log(f"val_{name}", value, prog_bar=name == shown, sync_dist=False)
         self.val_metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -78,6 +78,7 @@ class DRPANTask(Pix2PixTask):
         chip_size: int = 256,
         target: str = "dtm",
         pixel_size: float | None = None,
+        vertical_crs: str = "unknown",
         channels_last: bool = True,
         lr_patience: int = 2,
     ) -> None:
@@ -98,6 +99,7 @@ class DRPANTask(Pix2PixTask):
             chip_size=chip_size,
             target=target,
             pixel_size=pixel_size,
+            vertical_crs=vertical_crs,
             channels_last=channels_last,
             lr_patience=lr_patience,
         )
@@ -170,6 +172,7 @@ class DRPANTask(Pix2PixTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_g, opt_d, opt_r = self.optimizers()
+        batch = self.clean_batch(batch)
         image, target, mask = batch["image"], batch["target"], batch["mask"]
         fake = self.hide_invalid(self(image), target, mask)
 

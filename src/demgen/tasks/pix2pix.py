@@ -50,9 +50,10 @@ class Pix2PixTask(DEMTask):
         lambda_l1: weight of the masked L1 term (100, Isola et al.).
         mu_gradient: weight of the gradient loss (20; 0 disables it).
         lr, betas: Adam settings of both networks.
-        chip_size, target, pixel_size, channels_last: as for
+        chip_size, target, pixel_size, vertical_crs, channels_last: as for
             :class:`~demgen.tasks.regression.DEMRegressionTask`.
-        lr_patience: ReduceLROnPlateau patience on ``val_mae_m`` (epochs).
+        lr_patience: ReduceLROnPlateau patience on the monitored metric (epochs; see
+            :attr:`~demgen.tasks.common.DEMTask.monitor`).
     """
 
     task_name = "pix2pix"
@@ -74,6 +75,7 @@ class Pix2PixTask(DEMTask):
         chip_size: int = 256,
         target: str = "dtm",
         pixel_size: float | None = None,
+        vertical_crs: str = "unknown",
         channels_last: bool = True,
         lr_patience: int = 2,
     ) -> None:
@@ -137,6 +139,7 @@ class Pix2PixTask(DEMTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
+        batch = self.clean_batch(batch)
         image, target, mask = batch["image"], batch["target"], batch["mask"]
         fake = self.hide_invalid(self(image), target, mask)
 
@@ -160,14 +163,14 @@ class Pix2PixTask(DEMTask):
             self.log(key, value.detach(), prog_bar=name in ("loss", "l1"), batch_size=batch_size)
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
+        score = self.val_metrics.compute()[self.monitor.removeprefix("val_")]
         super().on_validation_epoch_end()
         # Manual optimization: Lightning does not step the schedulers, so do it here.
-        if self.trainer.sanity_checking or not torch.isfinite(values["mae_m"]):
+        if self.trainer.sanity_checking or not torch.isfinite(score):
             return
         schedulers = self.lr_schedulers()
         for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sched.step(values["mae_m"])
+            sched.step(score)
 
     def _adam(self, module: nn.Module) -> torch.optim.Adam:
         return torch.optim.Adam(

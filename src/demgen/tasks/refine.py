@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
+from demgen.data.fill import fill_invalid
 from demgen.tasks.common import DEMTask, build_generator, plateau_optimizer_config, to_metres
 
 #: The layer the correction is added to (the residual anchor).
@@ -148,9 +149,12 @@ class RefineTask(DEMTask):
             with probability 0.5 (when both are inputs with the same channel count).
         lr, weight_decay, lr_patience: AdamW, halved on a ``val_mae_m`` plateau.
         chip_size, pixel_size: what the model was trained on.
+        vertical_crs: the vertical datum of the training heights (``unknown`` where not
+            declared), written as the ``vertical_crs`` tag of every predicted raster.
     """
 
     task_name = "refine"
+    anchored = True  # heights = initial DSM + correction: absolute despite the per-chip norm
 
     def __init__(
         self,
@@ -167,6 +171,7 @@ class RefineTask(DEMTask):
         weight_decay: float = 1e-4,
         chip_size: int = 128,
         pixel_size: float | None = None,
+        vertical_crs: str = "unknown",
         swap_orthos: bool = True,
         channels_last: bool = True,
         lr_patience: int = 2,
@@ -254,8 +259,8 @@ class RefineTask(DEMTask):
             anchor_m = torch.where(av.any(dim=(2, 3), keepdim=True), fill_gaps(anchor, av), offset)
         parts = []
         for name, strategy, ch in self.plan:
-            if name == ORTHO1:
-                parts.append(batch["image"].float())
+            if name == ORTHO1:  # the image fill where invalid, as for the image tasks
+                parts.append(fill_invalid(batch["image"].float(), mask, self.image_fill))
                 continue
             if name == NODATA_MASK:
                 parts.append((~av).float())
@@ -314,6 +319,7 @@ class RefineTask(DEMTask):
         return y
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        batch = self.clean_batch(batch)
         x, anchor_m, _ = self.stack_inputs(batch)
         if self.hparams.swap_orthos:
             x = self._swap_orthos(x)
@@ -325,6 +331,7 @@ class RefineTask(DEMTask):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        batch = self.clean_batch(batch)
         x, anchor_m, av = self.stack_inputs(batch)
         pred = anchor_m + self.gsf * self(x).float()
         true = to_metres(self.elevation_norm, batch["target"], batch)
@@ -350,4 +357,4 @@ class RefineTask(DEMTask):
         opt = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        return plateau_optimizer_config(opt, self.hparams.lr_patience)
+        return plateau_optimizer_config(opt, self.hparams.lr_patience, self.monitor)

@@ -31,12 +31,17 @@ class DEMRegressionTask(DEMTask):
         generator_kwargs: the generator's constructor arguments. With ``generator="unet"``
             and none given, ``base``, ``depth``, ``stem`` and ``max_width`` are used.
         base, depth, stem, max_width: the default U-Net's shape.
-        lr, weight_decay: AdamW; the learning rate halves when ``val_mae_m`` has not
-            improved for ``lr_patience`` epochs (ReduceLROnPlateau).
+        lr, weight_decay: AdamW; the learning rate halves when the monitored metric
+            (:attr:`~demgen.tasks.common.DEMTask.monitor`: ``val_mae_m``, or
+            ``val_mae_rel_m`` for per-chip normalizations) has not improved for
+            ``lr_patience`` epochs (ReduceLROnPlateau).
         loss: ``l1``, ``mse`` or ``huber`` on valid pixels.
         gradient_weight: weight of the gradient loss (0 disables it).
         ssim_weight: weight of the SSIM loss ``1 - SSIM`` (0 disables it).
-        chip_size, target, pixel_size: what the model was trained on (used by prediction).
+        chip_size, target, pixel_size: what the model was trained on (used by prediction:
+            the default window, the output's band name, the resolution check).
+        vertical_crs: the vertical datum of the training heights (``unknown`` where not
+            declared), written as the ``vertical_crs`` tag of every predicted raster.
         channels_last: run convolutions in channels-last memory format.
     """
 
@@ -61,6 +66,7 @@ class DEMRegressionTask(DEMTask):
         chip_size: int = 128,
         target: str = "dtm",
         pixel_size: float | None = None,
+        vertical_crs: str = "unknown",
         channels_last: bool = True,
         lr_patience: int = 2,
     ) -> None:
@@ -93,6 +99,7 @@ class DEMRegressionTask(DEMTask):
         return terms
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        batch = self.clean_batch(batch)
         terms = self.compute_loss(self(batch["image"]), batch["target"], batch["mask"])
         bs = batch["image"].shape[0]
         self.log("train_loss", terms["loss"], prog_bar=True, batch_size=bs)
@@ -108,4 +115,4 @@ class DEMRegressionTask(DEMTask):
             weight_decay=self.hparams.weight_decay,
             fused=True,  # one kernel over all parameters instead of a dozen ops per tensor
         )
-        return plateau_optimizer_config(opt, self.hparams.lr_patience)
+        return plateau_optimizer_config(opt, self.hparams.lr_patience, self.monitor)
