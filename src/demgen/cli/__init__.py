@@ -12,13 +12,39 @@ import sys
 from collections.abc import Sequence
 
 from demgen import __version__
-from demgen.cli import demo, evaluate, export, fit, info, predict, prepare, synth, view
+from demgen.cli import (
+    demo,
+    download,
+    evaluate,
+    export,
+    fit,
+    info,
+    lidar,
+    points,
+    predict,
+    prepare,
+    synth,
+    view,
+)
 from demgen.cli.common import EXIT_USAGE, Parser
 from demgen.errors import DemgenError
 
 EXIT_INTERNAL = 1
 
-SUBCOMMANDS = (synth, prepare, info, demo, fit, predict, evaluate, export, view)
+SUBCOMMANDS = (
+    synth,
+    download,
+    prepare,
+    info,
+    demo,
+    fit,
+    predict,
+    evaluate,
+    export,
+    view,
+    lidar,
+    points,
+)
 
 
 def build_parser() -> Parser:
