@@ -81,3 +81,23 @@ def test_bad_layouts_are_input_errors(layout, tmp_path):
     with pytest.raises(InputError, match="no \\*_<n>.tif tiles"):
         import_tiles(tmp_path / "empty", d / "dem", d / "x")
     assert not (d / "x").exists()
+
+
+def test_prepare_cli_tiles_with_a_published_split(layout, capsys):
+    from demgen.cli import main
+
+    d, ids = layout
+    argv = ["prepare", "--tiles", str(d / "sat"), str(d / "dem"), "-o", str(d / "cli"),
+            "--splits", str(d / "dataset_splits.json"), "--split", "split_3", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    m = ChipStore(d / "cli").manifest
+    assert m["splits"]["strategy"] == "published-random" and "split_3" in m["splits"]["source"]
+    tile_of = [c["tile"] for c in m["chips"]]
+    assert sorted(tile_of[i] for i in m["splits"]["test"]) == sorted(ids[20:])
+    capsys.readouterr()
+    # a published split name without the file, and --splits without --tiles: one line, exit 2
+    for bad in (["--tiles", str(d / "sat"), str(d / "dem"), "--split", "split_1"],
+                ["--image", "a.tif", "--dem", "b.tif", "--splits", "s.json"]):  # fmt: skip
+        assert main(["prepare", *bad, "-o", str(d / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error" in err

@@ -20,6 +20,14 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return (parts[0] / total, parts[1] / total, parts[2] / total)
 
 
+def _split(text: str) -> tuple[float, float, float] | str:
+    """``--split``: TRAIN,VAL,TEST fractions, or a published split's name (``split_1``) of
+    the ``--splits`` file given with ``--tiles``."""
+    if text.strip().lower().startswith("split_"):
+        return text.strip()
+    return _fractions(text)
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -117,6 +125,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--image", nargs="+", type=Path, metavar="PATH", help="image raster(s)")
     src.add_argument("--dem", nargs="+", type=Path, metavar="PATH", help="elevation raster(s)")
     src.add_argument("--npz", nargs="+", type=Path, metavar="FILE", help=".npz chip arrays")
+    src.add_argument(
+        "--tiles",
+        nargs=2,
+        type=Path,
+        metavar=("SAT_DIR", "DEM_DIR"),
+        help="Sat2DEM-style georeferenced tiles: a folder of image GeoTIFFs and one of DEM "
+        "GeoTIFFs paired by their _<n>.tif index (instead of --image/--dem)",
+    )
     src.add_argument("--npz-keys", type=_csv, metavar="IMG,DEM", help="array names in --npz")
     src.add_argument("--bands", type=_csv, metavar="B4,B3,B2", help="bands by name or index")
     src.add_argument(
@@ -191,10 +207,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("splits")
     s.add_argument(
         "--split",
-        type=_fractions,
+        type=_split,
         default=(0.7, 0.15, 0.15),
-        metavar="T,V,T",
-        help="train,val,test fractions (70,15,15)",
+        metavar="T,V,T|split_N",
+        help="train,val,test fractions (70,15,15) of demgen's blocked split; with --tiles and "
+        "--splits, the name of a published split (split_1 ... split_4) instead",
+    )
+    s.add_argument(
+        "--splits",
+        type=Path,
+        metavar="FILE",
+        help="with --tiles: dataset_splits.json (split_1..split_4, each train/validation/test "
+        "tile indices); --split names the one to use (split_1 by default). The published "
+        "split is random by tile and recorded as such",
     )
     s.add_argument("--block", type=positive_int, default=4, help="chips per block side (4)")
     s.add_argument("--buffer", type=float, default=1.0, help="chip widths of buffer (1)")
@@ -215,12 +240,19 @@ def run(args: argparse.Namespace) -> int:
     )
     from demgen.errors import InputError
 
+    published = args.split if isinstance(args.split, str) else None
+    if published and not args.splits:
+        raise InputError(f"--split {published} names a published split: give --splits FILE")
+    if args.splits and not args.tiles:
+        raise InputError("--splits goes with --tiles SAT_DIR DEM_DIR")
+    if args.tiles and (args.npz or args.image or args.dem or args.extra):
+        raise InputError("give --tiles alone (not with --image, --dem, --npz or --extra)")
     if args.npz and (args.image or args.dem):
         raise InputError("give either --npz or --image with --dem, not both")
     if args.npz and args.extra:
         raise InputError("--extra needs --image and --dem (not --npz)")
-    if not args.npz and not (args.image and args.dem):
-        raise InputError("prepare needs --image and --dem (or --npz)")
+    if not args.npz and not args.tiles and not (args.image and args.dem):
+        raise InputError("prepare needs --image and --dem (or --npz, or --tiles)")
     cfg = PrepareConfig(
         chip_size=args.chip_size,
         stride=args.stride,
@@ -234,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         image_resampling=args.image_resampling,
         z_unit=args.z_unit,
         max_invalid=args.max_invalid,
-        fractions=args.split,
+        fractions=(0.7, 0.15, 0.15) if published else args.split,
         block=args.block,
         buffer=args.buffer,
         folds=args.folds,
@@ -244,7 +276,13 @@ def run(args: argparse.Namespace) -> int:
         extra_gaps=args.extra_gaps,
     )
     t0 = time.time()
-    if args.npz:
+    if args.tiles:
+        from demgen.data.tiles import import_tiles
+
+        name = published or ("split_1" if args.splits else None)
+        out = import_tiles(args.tiles[0], args.tiles[1], args.out, cfg, args.splits, name,
+                           overwrite=args.overwrite, log=None if args.quiet else print)  # fmt: skip
+    elif args.npz:
         out = prepare_npz(args.npz, args.out, cfg, keys=args.npz_keys, overwrite=args.overwrite)
     else:
         log = None if args.quiet else print
