@@ -37,7 +37,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sun-azimuth", type=float, default=150.0, help="degrees from north (150)")
     p.add_argument("--sun-elevation", type=float, default=40.0, help="degrees above horizon (40)")
-    p.add_argument("--clouds", type=float, default=0.0, help="cloud cover fraction 0..1 (0)")
+    p.add_argument(
+        "--clouds",
+        type=float,
+        default=None,
+        help="cloud cover fraction 0..1 (0); with --times the mean cover per date (0.2)",
+    )
+    p.add_argument(
+        "--times",
+        type=positive_int,
+        default=None,
+        help="write a time series of K dates per scene instead (t00/ ... with image.tif, "
+        "buildings.tif, clouds.tif, dsm.tif, landcover.tif; times.json): urban growth, "
+        "phenology, snow, clouds and haze per date",
+    )
+    p.add_argument(
+        "--months-between",
+        type=positive_int,
+        default=1,
+        help="calendar months between dates of --times (default 1, monthly like SpaceNet 7)",
+    )
     p.add_argument(
         "--stereo",
         action="store_true",
@@ -64,10 +83,22 @@ def run(args: argparse.Namespace) -> int:
         crs=args.crs,
         sun_azimuth=args.sun_azimuth,
         sun_elevation=args.sun_elevation,
-        cloud_cover=args.clouds,
+        cloud_cover=0.0 if args.clouds is None else args.clouds,
         stereo=args.stereo,
     )
     t0 = time.time()
+    if args.times is not None:
+        from demgen.data.synth.timeseries import TimeSeriesConfig, generate_time_series_world
+
+        ts = TimeSeriesConfig(times=args.times, months_between=args.months_between)
+        if args.clouds is not None:
+            ts.cloud_cover = args.clouds
+        paths = generate_time_series_world(
+            args.out_dir, args.scenes, cfg, ts, progress=not args.quiet
+        )
+        print(f"wrote {len(paths)} time series of {args.times} dates to {args.out_dir} "
+              f"in {time.time() - t0:.1f} s")  # fmt: skip
+        return 0
     paths = generate_world(args.out_dir, args.scenes, cfg, progress=not args.quiet)
     print(f"wrote {len(paths)} scene(s) to {args.out_dir} in {time.time() - t0:.1f} s")
     return 0

@@ -9,6 +9,7 @@ ground shadows. All per-pixel randomness is hashed from global coordinates, so t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from statistics import NormalDist
 
 import numpy as np
@@ -143,12 +144,17 @@ def render_tile(
     cloud_cover: float,
     steps: list[tuple[int, int, float]],
     normals_dsm: np.ndarray,
+    surface: Callable[[np.ndarray], np.ndarray] | None = None,
+    cloud_seed: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one tile: returns (uint16 (4, H, W) reflectance x 10000, uint8 cloud mask).
 
     normals_dsm is the tile DSM with a 1-pixel edge-replicated rim (for normals); dsm_pad is the
     DSM with the shadow halo (-inf outside the scene), the tile starting at (top, left).
     xm (1, W), ym (H, 1) are map coordinates; gcol, grow global pixel indices (for noise).
+    Hooks for time series (:mod:`demgen.data.synth.timeseries`): `surface` maps the (H, W, 4)
+    class reflectance to the one rendered (phenology, construction); `cloud_seed` draws the
+    clouds from their own seed, so each date gets new clouds over the same ground.
     """
     f = np.float32
     th, tw = lc.shape
@@ -165,11 +171,12 @@ def render_tile(
     direct = direct * (f(1) - shadow)
     svf = (f(1) + inv_n) * f(0.5)
 
-    clouds = cloud_cover_field(xm, ym, seed, cloud_cover)
+    ck = seed if cloud_seed is None else cloud_seed
+    clouds = cloud_cover_field(xm, ym, ck, cloud_cover)
     if clouds is not None:
         d = CLOUD_HEIGHT / math.tan(math.radians(sun_elevation))
         sxh, syh = d * math.sin(math.radians(sun_azimuth)), d * math.cos(math.radians(sun_azimuth))
-        cshadow = cloud_cover_field(xm + sxh, ym + syh, seed, cloud_cover)
+        cshadow = cloud_cover_field(xm + sxh, ym + syh, ck, cloud_cover)
         assert cshadow is not None
         direct = direct * (f(1) - f(0.85) * cshadow)
 
@@ -192,6 +199,8 @@ def render_tile(
         street = np.broadcast_to(b["street"], lc.shape)
         refl[is_urban] = ROOF_VARIANTS[idx[is_urban]]
         refl[is_urban & street] = STREET
+    if surface is not None:
+        refl = surface(refl)
     tex = fbm(xm, ym, 240.0, 3, mix_key(seed, "tex"))
     grain = hash_unit(gcol, grow, mix_key(seed, "grain"))
     tex_amp = np.where(lc == WATER, f(0.05), np.where(lc == SNOW, f(0.04), f(0.14)))
