@@ -3,9 +3,9 @@
     python configs/make_configs.py
 
 The generated YAML files are committed too; edit this script, not them, and re-run it.
-``quick.yaml`` is written by hand and left alone. Each config names the work it reproduces in
-its header; statistics (normalization, chip size, extra layers) are never in a config: ``demgen
-fit`` links them from the chip store.
+``quick.yaml`` and ``demo.yaml`` (what ``demgen demo`` trains) are written by hand and left
+alone. Each config names the work it reproduces in its header; statistics (normalization, chip
+size, extra layers) are never in a config: ``demgen fit`` links them from the chip store.
 """
 
 from __future__ import annotations

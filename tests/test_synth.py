@@ -18,7 +18,7 @@ from demgen.data.synth import (
     generate_world,
 )
 from demgen.data.synth.render import cloud_cover_field
-from demgen.data.synth.terrain import FOREST, GRASS, URBAN, WATER
+from demgen.data.synth.terrain import FOREST, GRASS, SNOW, URBAN, WATER
 from demgen.errors import InputError
 
 RASTERS = ("dtm.tif", "dsm.tif", "image.tif", "landcover.tif", "clouds.tif")
@@ -129,7 +129,8 @@ def test_dsm_above_dtm_on_objects(hills: Path, tmp_path: Path) -> None:
         lc = _read(scene / "landcover.tif")[0]
         assert np.all(dsm >= dtm)
         forest = lc == FOREST
-        assert np.all(dsm[forest] - dtm[forest] >= 8.0 - 1e-3)
+        # canopies are 8 m and more, shrinking to 0.45 x that just below the tree line
+        assert np.all(dsm[forest] - dtm[forest] >= 0.45 * 8.0 - 1e-3)
         urban = lc == URBAN
         if urban.any():
             # buildings fill the blocks; streets are at ground level
@@ -255,3 +256,52 @@ def test_stereo_initial_dsm_carries_the_unknown_vertical_datum(tmp_path: Path) -
     d = generate_scene(tmp_path / "s", cfg)
     with rasterio.open(d / "initial_dsm.tif") as ds:
         assert ds.tags()["vertical_crs"] == "unknown"
+
+
+def test_climate_drawn_per_seed_within_documented_ranges() -> None:
+    from demgen.data.synth import draw_climate
+
+    lo, hi = 200.0, 4000.0
+    span = hi - lo
+    climates = [draw_climate(seed, (lo, hi)) for seed in range(30)]
+    assert draw_climate(7, (lo, hi)) == climates[7]  # a pure function of the seed
+    snow = [c.snow_line_m for c in climates]
+    assert len(set(snow)) == len(snow) and np.ptp(snow) > 0.4 * span
+    for c in climates:
+        assert lo + 0.4 * span <= c.tree_line_m <= lo + 1.4 * span
+        assert 0.1 * span <= c.snow_line_m - c.tree_line_m <= 0.4 * span
+        assert c.town_line_m <= c.farm_line_m < c.tree_line_m < c.rock_line_m
+        assert 0.5 <= c.haze_factor <= 1.5 and c.line_noise_m == pytest.approx(0.08 * span)
+    # relative to the scene's own range: a range twice as tall puts the lines twice as high
+    assert draw_climate(7, (0.0, 2000.0)).snow_line_m == pytest.approx(
+        2 * draw_climate(7, (0.0, 1000.0)).snow_line_m, abs=0.01
+    )
+
+
+def test_snow_follows_each_scenes_drawn_snow_line(tmp_path: Path) -> None:
+    """Across seeds the snow line differs; within a scene snow lies exactly above it."""
+    lines: list[tuple[float, float]] = []
+    for seed in range(24):
+        cfg = SceneConfig(size=160, seed=seed, relief="alpine", erosion_iterations=5)
+        p = generate_scene(tmp_path / f"s{seed}", cfg)
+        climate = json.loads((p / "scene.json").read_text())["climate"]
+        assert climate == json.loads((p / "scene.json").read_text())["config"]["climate"]
+        line, noise = climate["snow_line_m"], climate["line_noise_m"]
+        dtm = _read(p / "dtm.tif")[0].astype(np.float64)
+        snow = (_read(p / "landcover.tif")[0] == SNOW)[1:-1, 1:-1]
+        gy, gx = np.gradient(dtm, 10.0)
+        slope = np.hypot(gx, gy)[1:-1, 1:-1]  # the generator's own central differences
+        z = dtm[1:-1, 1:-1]
+        # the line wobbles by at most 1.2 x line_noise_m, concave ground lowers it by at most
+        # 1.2 x and convex ground raises it by at most 0.6 x more
+        assert not snow[z < line - 2.5 * noise].any(), seed
+        sure = (z > line + 1.9 * noise) & (slope < 1.0)
+        assert snow[sure].all(), seed
+        if snow.any() and (~snow).any() and sure.any():
+            lines.append((line, float(np.percentile(z[snow], 5))))
+        if len(lines) >= 2 and max(lines)[0] - min(lines)[0] > 300.0:
+            break
+    assert len(lines) >= 2, "no scene with both snow and snow-free ground"
+    (l1, z1), (l2, z2) = min(lines), max(lines)
+    assert l2 - l1 > 300.0  # a different snow line ...
+    assert z2 - z1 > 0.25 * (l2 - l1)  # ... and the snow starts higher with it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from demgen.data.synth.timeseries import (
     TimeSeriesConfig,
     generate_time_series,
 )
+from demgen.data.synth.world import resolve_config
 from demgen.data.timelayout import add_months, read_times
 from demgen.errors import InputError
 
@@ -173,8 +175,11 @@ def test_phenology_amplitude_stated_and_rendered(tmp_path: Path) -> None:
         assert ndvi(s[0, 0]) == pytest.approx(want, abs=0.005)
     # rendered, clear images in January and July: vegetation NDVI follows the season
     ts = TimeSeriesConfig(times=2, months_between=6, cloud_cover=0.0)
-    scene = generate_time_series(tmp_path / "s", SceneConfig(size=64, seed=3, relief="plains",
-                                                             erosion_iterations=5), ts)  # fmt: skip
+    # the scene's own climate, with the snow line far above it: this test is about
+    # phenology, and a winter snow line 1800 m lower would bury the plains in January
+    cfg = resolve_config(SceneConfig(size=64, seed=3, relief="plains", erosion_iterations=5))
+    cfg = replace(cfg, climate={**cfg.climate, "snow_line_m": 5000.0})
+    scene = generate_time_series(tmp_path / "s", cfg, ts)
     jan, jul = _frames(scene, "image.tif")
     lc0, lc1 = (m[0] for m in _frames(scene, "landcover.tif"))
     for cls in (GRASS, FOREST):

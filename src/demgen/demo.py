@@ -1,68 +1,121 @@
-"""The main job end to end: synthesize a world, train, predict a held-out scene, evaluate.
+"""The main job end to end, through the path real data takes: fit, predict, evaluate.
 
-Everything the demo writes lands in one run folder: the held-out scene, the
-checkpoint, the prediction GeoTIFF, metrics against two honest baselines, a
-Markdown report and a figure.
+``run_demo`` trains with :func:`demgen.training.fit` on the shipped ``configs/demo.yaml``
+(a :class:`~demgen.data.synth_datamodule.SynthWorldDataModule`: a synthetic world prepared
+into a chip store by ``prepare_rasters``, the store's normalization linked into the task),
+bounded by Lightning's ``max_time``. It then synthesizes held-out scenes from seeds the world
+never used, one of the training relief and one of another relief, predicts each whole scene
+from the saved checkpoint as a user would, and scores it beside two baselines fitted on the
+store's training split (:mod:`demgen.demo_report`). Everything lands in one run folder.
+
+The checkpoint scored is ``best.ckpt`` (lowest validation MAE), not ``last.ckpt``: the
+validation chips are spatially apart from the training chips and the held-out scenes take no
+part in the choice, so the pick is honest, and a time-bounded run can stop right after a
+noisy epoch (plateau learning-rate steps make late epochs uneven) that ``last.ckpt`` would
+keep.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import shutil
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+import yaml
 
-from demgen.baselines import LinearBands, MeanElevation
-from demgen.data.scenes import SceneDataModule, load_scene
-from demgen.data.synth import SceneConfig, generate_scene, generate_world
-from demgen.inference.scene import load_task, predict_scene
-from demgen.io.jsonio import write_json
-from demgen.io.raster import atomic_path, read_raster, same_grid, write_text_atomic
-from demgen.metrics.dem import error_stats, valid_pixels
-from demgen.precision import precision_reason, resolve_precision
-from demgen.tasks.regression import DEMRegressionTask
-from demgen.viz.figures import comparison_figure, learning_curves
+from demgen.errors import InputError
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and budgets of the demo; ``fast()`` is the under-two-minutes variant for tests."""
+    """What ``demgen demo`` runs: the fit config plus overrides, and the held-out scenes.
 
-    size: int = 512
-    pixel_size: float = 10.0
-    n_train: int = 4
-    n_val: int = 1
-    relief: str = "hills"
-    seed: int = 1
+    ``data`` and ``model`` are ``--data.init_args.*`` and ``--model.init_args.*`` overrides
+    of the config; ``minutes`` becomes ``--trainer.max_time``. ``fast()`` is the
+    under-two-minutes variant the tests run.
+    """
+
+    config: str = str(REPO_CONFIG)
+    minutes: float = 7.0
+    data: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
     test_seed: int = 1000
-    chip_size: int = 256
-    batch_size: int = 8
-    samples_per_epoch: int = 256
-    base: int = 32
-    depth: int = 4
-    stem: int = 4
-    lr: float = 2e-3
-    budget_minutes: float = 7.0
-    max_epochs: int = 500
+    other_relief: str = "alpine"
+    other_seed: int = 2000
     precision: str = "auto"
 
     @classmethod
     def fast(cls) -> DemoConfig:
-        return cls(size=256, n_train=3, budget_minutes=1.0, samples_per_epoch=128)
+        """Sixteen 256-px scenes, a U-Net half as wide (base 16: about 4x the steps a minute
+        on a CPU) and one minute of training: the tests' demo, under 2 minutes in all."""
+        return cls(minutes=1.0, data={"size": 256, "n_scenes": 16}, model={"base": 16})
+
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """The config's ``model`` and ``data`` init_args with this demo's overrides applied."""
+        cfg = yaml.safe_load(Path(self.config).read_text())
+        return {
+            "model": {**cfg["model"]["init_args"], **self.model},
+            "data": {**cfg["data"]["init_args"], **self.data},
+        }
+
+    # the architecture, for benchmarks that build the demo's model without training it
+    @property
+    def base(self) -> int:
+        return int(self.settings()["model"]["base"])
+
+    @property
+    def depth(self) -> int:
+        return int(self.settings()["model"]["depth"])
+
+    @property
+    def stem(self) -> int:
+        return int(self.settings()["model"]["stem"])
+
+    @property
+    def chip_size(self) -> int:
+        return int(self.settings()["data"]["chip_size"])
+
+    @property
+    def pixel_size(self) -> float:
+        return float(self.settings()["data"]["pixel_size"])
 
 
 def _log(msg: str) -> None:
     print(f"[demgen demo] {msg}", flush=True)
+
+
+def max_time(minutes: float) -> str:
+    """``DD:HH:MM:SS`` for Lightning's ``Trainer(max_time=...)`` (whole seconds, at least 1)."""
+    s = max(1, int(round(minutes * 60)))
+    return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def fit_args(config: DemoConfig, out: Path, *, progress: bool = True) -> list[str]:
+    """The ``demgen fit`` arguments of a demo run into ``out``."""
+    if not Path(config.config).is_file():
+        raise InputError(
+            f"demo config {config.config} not found (the demo runs from a demgen checkout)"
+        )
+    args = [
+        "--config", str(config.config), "--run_root", str(out), "--run_name", "fit",
+        "--data.init_args.cache_dir", str(out / "data"),
+        "--trainer.max_time", max_time(config.minutes), "--precision", config.precision,
+        "--trainer.enable_progress_bar", str(progress).lower(),
+        "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    for group, overrides in (("data", config.data), ("model", config.model)):
+        for key, value in overrides.items():
+            args += [f"--{group}.init_args.{key}", str(value)]
+    return args
 
 
 def run_demo(
@@ -73,102 +126,151 @@ def run_demo(
     log: Callable[[str], None] = _log,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` (created; must not exist or be empty); return the metrics."""
+    from demgen.baselines import fit_baselines
+    from demgen.data.chips import ChipStore
+    from demgen.data.synth import RELIEFS, SceneConfig, generate_scene
+    from demgen.demo_report import readme_table, render_report, score_scene
+    from demgen.io.jsonio import write_json
+    from demgen.io.raster import atomic_path, write_text_atomic
+    from demgen.precision import resolve_precision
+    from demgen.training import fit
+
     config = config or DemoConfig()
+    if config.other_relief not in RELIEFS:
+        raise InputError(f"other_relief must be one of {', '.join(RELIEFS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    L.seed_everything(config.seed, verbose=False)
-
-    # 1. A world: training and validation scenes, and a held-out scene from another seed.
-    n_scenes = config.n_train + config.n_val
-    log(f"1/5 synthesizing {n_scenes} scenes of {config.size} px and a held-out test scene")
-    base_cfg = SceneConfig(
-        size=config.size, seed=config.seed, relief=config.relief, pixel_size=config.pixel_size
-    )
-    world = generate_world(out / "world", n_scenes, base_cfg, progress=progress)
-    test_dir = generate_scene(
-        out / "test_scene", replace(base_cfg, seed=config.test_seed), progress=progress
-    )
-    train = [load_scene(p) for p in world[: config.n_train]]
-    val = [load_scene(p) for p in world[config.n_train :]]
-
-    # 2. Train within a bounded time budget.
-    precision = resolve_precision(config.precision)
-    log(
-        f"2/5 training a U-Net (base {config.base}, depth {config.depth}) for at most "
-        f"{config.budget_minutes:g} min, precision {precision}"
-        + (f" ({precision_reason()})" if config.precision == "auto" else "")
-    )
-    dm = SceneDataModule(
-        train,
-        val,
-        chip_size=config.chip_size,
-        batch_size=config.batch_size,
-        samples_per_epoch=config.samples_per_epoch,
-        seed=config.seed,
-    )
-    task = DEMRegressionTask(
-        dm.image_norm.to_dict(),
-        dm.elevation_norm.to_dict(),
-        base=config.base,
-        depth=config.depth,
-        stem=config.stem,
-        lr=config.lr,
-        chip_size=config.chip_size,
-        pixel_size=config.pixel_size,
-    )
     _quiet_lightning()
-    ckpt_cb = ModelCheckpoint(
-        dirpath=out / "checkpoints", monitor="val_mae_m", mode="min", save_top_k=1, save_last=True
-    )
-    trainer = L.Trainer(
-        max_epochs=config.max_epochs,
-        max_time={"seconds": int(config.budget_minutes * 60)},
-        precision=precision,
-        accelerator="auto",
-        devices=1,
-        logger=CSVLogger(out, name="logs", version=""),
-        callbacks=[ckpt_cb],
-        reload_dataloaders_every_n_epochs=1,
-        num_sanity_val_steps=0,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=5,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*", FutureWarning)
-        t_fit = time.time()
-        trainer.fit(task, datamodule=dm)
-        train_seconds = time.time() - t_fit
+
+    # 1. Synthesize and prepare the world, train: all inside demgen fit.
+    args = fit_args(config, out, progress=progress)
+    log(f"1/3 training: demgen fit {' '.join(args)}")
+    t_fit = time.time()
+    run_dir = fit(args, log=log if progress else None)
+    fit_seconds = time.time() - t_fit
+    if run_dir is None:
+        raise RuntimeError("demgen fit wrote no run folder")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    data = cfg["data"]["init_args"]
+    store = _store_path(data)
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
     with atomic_path(out / "model.ckpt") as tmp:
-        shutil.copyfile(ckpt_cb.best_model_path, tmp)
-    log(f"   {trainer.current_epoch} epochs, best val MAE {float(ckpt_cb.best_model_score):.2f} m")
+        shutil.copyfile(ckpt, tmp)
+    if (run_dir / "learning_curves.png").is_file():
+        with atomic_path(out / "learning_curves.png") as tmp:
+            shutil.copyfile(run_dir / "learning_curves.png", tmp)
+    epochs, best_val = _epochs_and_best(run_dir / "metrics.csv")
 
-    # 3. Predict the whole held-out scene from the saved checkpoint, as a user would.
-    log("3/5 predicting the held-out scene")
-    best = load_task(out / "model.ckpt")
-    pred_path = predict_scene(
-        best, test_dir / "image.tif", out / "prediction.tif", precision=config.precision,
-        progress=progress,
-    )  # fmt: skip
+    # 2. Held-out scenes from seeds the world never used, predicted from the checkpoint.
+    relief, size, px = data["relief"], int(data["size"]), float(data["pixel_size"])
+    world_seeds = range(int(data["seed"]), int(data["seed"]) + int(data["n_scenes"]))
+    held = {
+        "same_relief": ("test_scene", relief, config.test_seed),
+        "other_relief": (f"test_scene_{config.other_relief}", config.other_relief,
+                         config.other_seed),
+    }  # fmt: skip
+    if any(seed in world_seeds for _, _, seed in held.values()):
+        raise InputError(f"held-out seeds must not be training seeds {list(world_seeds)}")
+    log(f"2/3 predicting held-out scenes ({relief} seed {config.test_seed}, "
+        f"{config.other_relief} seed {config.other_seed}) from best.ckpt")  # fmt: skip
+    task = _load_task(out / "model.ckpt")
+    preds: dict[str, tuple[Path, Path]] = {}
+    for role, (name, rel, seed) in held.items():
+        scene = generate_scene(
+            out / name, SceneConfig(size=size, seed=seed, relief=rel, pixel_size=px)
+        )
+        suffix = "" if role == "same_relief" else f"_{rel}"
+        pred = _predict(task, scene / "image.tif", out / f"prediction{suffix}.tif",
+                        precision=config.precision, progress=progress)  # fmt: skip
+        preds[role] = (Path(pred), scene)
 
-    # 4. Evaluate model and baselines on the same valid pixels.
-    log("4/5 evaluating against the true DTM and two baselines")
-    metrics = evaluate_against_baselines(pred_path, test_dir, train)
+    # 3. Score model and baselines on the same pixels; report.
+    log("3/3 scoring against the true DTMs and two baselines fitted on the training split")
+    mean_bl, lin_bl = fit_baselines(store)
+    chips = ChipStore(store)
+    metrics: dict[str, Any] = {
+        "held_out": {role: score_scene(p, s, mean_bl, lin_bl) for role, (p, s) in preds.items()}
+    }
+    metrics["training"] = {
+        "config": _display_path(config.config),
+        "fit_run": str(run_dir.relative_to(out)),
+        "store": str(Path(store).resolve().relative_to(out.resolve())),
+        "relief": relief,
+        "n_scenes": int(data["n_scenes"]),
+        "size_px": size,
+        "pixel_size_m": px,
+        "chip_size": int(chips.manifest["chip_size"]),
+        "train_chips": int(chips.indices("train").size),
+        "val_chips": int(chips.indices("val").size),
+        "epochs": epochs,
+        "best_val_mae_m": best_val,
+        "checkpoint": "best.ckpt",
+        "max_time": max_time(config.minutes),
+        "fit_seconds": round(fit_seconds, 1),
+        "training_mean_m": mean_bl.mean_m,
+    }
     metrics["config"] = asdict(config)
-    metrics["precision"] = precision
-    metrics["epochs"] = trainer.current_epoch
-    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["precision"] = str(resolve_precision(config.precision))
     metrics["total_seconds"] = round(time.time() - t0, 1)
-
-    # 5. Report.
-    log("5/5 writing metrics.json, report.md, figure.png and learning_curves.png")
+    metrics["readme_table"] = readme_table(metrics)
     write_json(out / "metrics.json", metrics)  # strict JSON: a NaN statistic becomes null
     write_text_atomic(out / "report.md", render_report(metrics))
+    _figure(out, *preds["same_relief"], metrics["held_out"]["same_relief"])
+    same = metrics["held_out"]["same_relief"]
+    log(f"done in {metrics['total_seconds']:.0f} s ({epochs} epochs); same-relief MAE "
+        f"{same['model']['mae_m']:.1f} m: {out.resolve()}")  # fmt: skip
+    return metrics
+
+
+def _store_path(data: dict[str, Any]) -> str:
+    """The chip store the fit used: ``store`` of a ChipDataModule, else the one store that
+    SynthWorldDataModule built under the demo's own ``cache_dir``."""
+    if data.get("store"):
+        return str(data["store"])
+    found = sorted(Path(data["cache_dir"]).glob("synth_*/store"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one chip store under {data['cache_dir']}, found {found}")
+    return str(found[0])
+
+
+def _epochs_and_best(metrics_csv: Path) -> tuple[int, float]:
+    """Validated epochs and the best validation MAE (metres) of a fit run's metrics.csv."""
+    vals = []
+    with open(metrics_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("val_mae_m"):
+                vals.append(float(row["val_mae_m"]))
+    return len(vals), (min(vals) if vals else math.nan)
+
+
+def _display_path(path: str) -> str:
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO_CONFIG.parents[1]))
+    except ValueError:
+        return str(p)
+
+
+def _load_task(checkpoint: Path) -> Any:
+    from demgen.tasks import load_task  # the task registry: loading lives with the tasks
+
+    return load_task(checkpoint)
+
+
+def _predict(task: Any, image: Path, out: Path, **kwargs: Any) -> Path:
+    from demgen.inference.scene import predict_scene
+
+    return Path(predict_scene(task, image, out, **kwargs))
+
+
+def _figure(out: Path, pred_path: Path, scene: Path, s: dict[str, Any]) -> None:
+    from demgen.io.raster import read_raster
+    from demgen.viz.figures import comparison_figure
+
     pred, pprof = read_raster(pred_path, dtype=np.float32)
-    truth, _ = read_raster(test_dir / "dtm.tif", dtype=np.float32)
-    image, iprof = read_raster(test_dir / "image.tif")
+    truth, _ = read_raster(scene / "dtm.tif", dtype=np.float32)
+    image, iprof = read_raster(scene / "image.tif")
     tr = pprof["transform"]
     comparison_figure(
         out / "figure.png",
@@ -177,87 +279,14 @@ def run_demo(
         truth=truth[0],
         prediction=np.where(pred[0] == pprof["nodata"], np.nan, pred[0]),
         pixel_size=(abs(tr.a), abs(tr.e)),
-        title=f"Held-out scene: model MAE {metrics['model']['mae_m']:.1f} m",
+        title=f"Held-out `{s['relief']}` scene: model MAE {s['model']['mae_m']:.1f} m",
     )
-    learning_curves(out / "logs" / "metrics.csv", out / "learning_curves.png",
-                    title="demo training")  # fmt: skip
-    log(f"done in {metrics['total_seconds']:.0f} s: {out.resolve()}")
-    return metrics
-
-
-def evaluate_against_baselines(
-    pred_path: Path, test_dir: Path, train_scenes: list
-) -> dict[str, Any]:
-    """Metrics of the prediction and of both baselines on the pixels valid for all three."""
-    pred, pprof = read_raster(pred_path, dtype=np.float32)
-    truth, tprof = read_raster(test_dir / "dtm.tif", dtype=np.float32)
-    image, _ = read_raster(test_dir / "image.tif")
-    if not same_grid(pprof, tprof):
-        raise RuntimeError("prediction is not on the test scene's grid")
-    p = np.where(pred[0] == pprof["nodata"], np.nan, pred[0])
-
-    heights = np.concatenate([s.height[s.valid] for s in train_scenes])
-    rng = np.random.default_rng(0)
-    pix, hts = [], []
-    for s in train_scenes:
-        idx = np.flatnonzero(s.valid.ravel())
-        take = rng.choice(idx, size=min(200_000, idx.size), replace=False)
-        pix.append(s.image.reshape(s.image.shape[0], -1)[:, take].T)
-        hts.append(s.height.ravel()[take])
-    mean_bl = MeanElevation().fit(heights)
-    lin_bl = LinearBands().fit(np.concatenate(pix), np.concatenate(hts))
-    preds = {
-        "model": p,
-        "mean_baseline": mean_bl.predict(image),
-        "linear_baseline": lin_bl.predict(image),
-    }
-    ok = valid_pixels(p, truth[0])
-    for q in preds.values():
-        ok &= np.isfinite(q)
-    result: dict[str, Any] = {name: error_stats(q, truth[0], ok) for name, q in preds.items()}
-    best_bl = min(result["mean_baseline"]["mae_m"], result["linear_baseline"]["mae_m"])
-    result["mae_ratio_to_best_baseline"] = result["model"]["mae_m"] / best_bl
-    result["truth_range_m"] = [float(np.nanmin(truth[0][ok])), float(np.nanmax(truth[0][ok]))]
-    return result
-
-
-def render_report(m: dict[str, Any]) -> str:
-    """A Markdown table of the model against the baselines, in metres."""
-    rows = [
-        ("U-Net (demgen)", m["model"]),
-        ("Training-mean elevation", m["mean_baseline"]),
-        ("Per-pixel linear regression on bands", m["linear_baseline"]),
-    ]
-    lines = [
-        "# demgen demo: held-out scene",
-        "",
-        f"Held-out scene seed {m['config']['test_seed']}, {m['config']['size']} x "
-        f"{m['config']['size']} px at 10 m, relief `{m['config']['relief']}`; true heights "
-        f"{m['truth_range_m'][0]:.0f} to {m['truth_range_m'][1]:.0f} m; "
-        f"{m['model']['n_pixels']:,} pixels valid for all three.",
-        "",
-        "| method | MAE (m) | RMSE (m) | bias (m) | NMAD (m) | LE90 (m) | R2 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, s in rows:
-        lines.append(
-            f"| {name} | {s['mae_m']:.1f} | {s['rmse_m']:.1f} | {s['bias_m']:+.1f} | "
-            f"{s['nmad_m']:.1f} | {s['le90_m']:.1f} | {s['r2']:.3f} |"
-        )
-    lines += [
-        "",
-        f"Model MAE / best baseline MAE = {m['mae_ratio_to_best_baseline']:.2f} "
-        f"(trained {m['epochs']} epochs, precision {m['precision']}, "
-        f"{m['total_seconds']:.0f} s in all).",
-        "",
-        "![held-out scene](figure.png)",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _quiet_lightning() -> None:
     """Keep Lightning's banners (accelerator, tips) out of the demo's output."""
+    import torch
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_float32_matmul_precision("high")

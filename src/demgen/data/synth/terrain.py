@@ -9,8 +9,12 @@ on per-pixel data (no reductions, no order-dependent sums), which keeps results 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # climate.py imports this module's hashing
+    from demgen.data.synth.climate import Climate
 
 # Land-cover codes (uint8); 0 is unused.
 WATER, SAND, GRASS, CROP, FOREST, ROCK, SNOW, URBAN = range(1, 9)
@@ -41,7 +45,7 @@ _GY = np.sin(_ANG).astype(np.float32)
 
 @dataclass(frozen=True)
 class Relief:
-    """Fixed noise-to-metres mapping and climate lines of one relief preset."""
+    """Fixed noise-to-metres mapping of one relief preset (scenes draw their own climate lines)."""
 
     name: str
     elevation_range: tuple[float, float]
@@ -51,8 +55,8 @@ class Relief:
     gain: float  # contrast of the noise -> [0, 1] mapping
     bias: float  # shift of the mapping (higher = lower land)
     warp: float  # domain-warp amplitude as a fraction of the wavelength
-    tree_line: float  # metres
-    snow_line: float  # metres
+    tree_line: float  # metres: the old fixed line; scenes draw theirs (synth/climate.py)
+    snow_line: float  # metres: the old fixed line, still the time series' summer snow line
     talus_deg: float  # thermal-erosion repose angle
     urban: float  # urban-region threshold on low-frequency noise (higher = fewer towns)
 
@@ -343,12 +347,14 @@ def classify(
     relief: Relief,
     sea_level: float,
     pixel_size: float,
+    climate: Climate,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Land cover, DTM and DSM for the inner part of h (cropped by LC_HALO on every side).
 
-    Classes follow elevation (snow line, tree line, rock above), slope, moisture (noise, low
-    elevation, concavity) and noise; DTM reports the water surface over water, like real DEMs.
-    xm, ym are the coordinates of h (shape (1, W) and (H, 1)).
+    Classes follow the scene's climate lines (:mod:`demgen.data.synth.climate`: farm and
+    town lines, tree line, rock line, snow line, each wobbling by ``line_noise_m``), slope,
+    moisture (noise, low elevation, concavity) and noise; DTM reports the water surface over
+    water, like real DEMs. xm, ym are the coordinates of h (shape (1, W) and (H, 1)).
     """
     f = np.float32
     r = LC_HALO
@@ -373,8 +379,13 @@ def classify(
     n_fine = fbm(x, y, 400.0, 2, mix_key(seed, "fine"))
     lowness = f(1) / (f(1) + np.maximum(above, f(0)) * f(1 / 150.0))
     moisture = n_moist * f(0.6) + lowness * f(0.5) + np.clip(lap * f(0.15), -0.4, 0.6)
-    tree_line = f(relief.tree_line) + n_line * f(250)
-    snow_line = f(relief.snow_line) + n_line * f(300) - np.clip(lap * f(20), -150, 300)
+    wobble = n_line * f(climate.line_noise_m)  # the lines follow one along-slope noise
+    noise = climate.line_noise_m
+    tree_line = f(climate.tree_line_m) + wobble
+    # snow lies lower in concave ground (avalanche cones, shaded hollows)
+    snow_line = (
+        f(climate.snow_line_m) + wobble * f(1.2) - np.clip(lap * f(20), -0.6 * noise, 1.2 * noise)
+    )
 
     lc = np.full(hc.shape, GRASS, dtype=np.uint8)
     forest = (moisture + n_fine * f(0.35) > f(0.35)) | ((slope > f(0.35)) & (n_fine > -0.2))
@@ -383,14 +394,15 @@ def classify(
     parcels = parcel_fields(x, y, seed)
     ag = (
         (slope < f(0.09))
-        & (hc < tree_line - f(500))
+        & (hc < f(climate.farm_line_m) + wobble)
         & (parcels["use"] < f(0.6))
         & (n_moist > f(-0.35))
         & (moisture < f(0.9))
     )
     lc[ag] = CROP
     high = hc > tree_line
-    rocky = high & ((slope > f(0.45)) | (hc > tree_line + f(350) + n_fine * f(200)))
+    rock_line = f(climate.rock_line_m) + wobble + n_fine * f(0.8 * noise)
+    rocky = high & ((slope > f(0.45)) | (hc > rock_line))
     lc[rocky] = ROCK
     lc[slope > f(0.95)] = ROCK
     snow = (hc > snow_line) & (slope < f(1.1))
@@ -404,7 +416,7 @@ def classify(
         (n_town > f(relief.urban))
         & (slope < f(0.13))
         & (above > f(4))
-        & (hc < tree_line - f(600))
+        & (hc < f(climate.town_line_m) + wobble)
         & (moisture < f(0.85))
     )
     lc[urban] = URBAN

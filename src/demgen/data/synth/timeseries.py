@@ -38,6 +38,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from demgen.data.synth.climate import Climate
 from demgen.data.synth.growth import BlockGrid, urban_fields
 from demgen.data.synth.render import BANDS, ROOF_VARIANTS, SPECTRA, render_tile, shadow_steps
 from demgen.data.synth.seasons import (
@@ -54,7 +55,6 @@ from demgen.data.synth.terrain import (
     CLASSES,
     CROP,
     GRASS,
-    PRESETS,
     ROCK,
     SAND,
     SNOW,
@@ -159,7 +159,7 @@ def _scan_blocks(base: Path, cfg: SceneConfig, tiles: list) -> BlockGrid:
 def _write_series(tmp: Path, cfg: SceneConfig, ts: TimeSeriesConfig, progress: bool) -> dict:
     base = generate_scene(tmp / "base", replace(cfg, cloud_cover=0.0, stereo=False))
     size, px, seed = cfg.size, cfg.pixel_size, cfg.seed
-    preset = PRESETS[cfg.relief]
+    snow_line_m = Climate.from_dict(cfg.climate).snow_line_m  # this scene's drawn climate
     crs = CRS.from_user_input(cfg.crs)
     transform = scene_transform(cfg)
     tiles = _tiles(size, cfg.tile)
@@ -187,7 +187,7 @@ def _write_series(tmp: Path, cfg: SceneConfig, ts: TimeSeriesConfig, progress: b
             doy = float(date.timetuple().tm_yday)
             cover, haze = date_weather(seed, t, ts.cloud_cover, cfg.haze, ts.clear_first and t == 0)
             el = sun_elevation(cfg.sun_elevation, doy)
-            line = snow_line(preset.snow_line, doy, ts.snow_drop)
+            line = snow_line(snow_line_m, doy, ts.snow_drop)
             g = np.float32(greenness(doy))
             fdir = tmp / frame_dir_name(t, ts.times)
             fdir.mkdir()

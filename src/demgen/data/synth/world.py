@@ -4,6 +4,10 @@ A scene is generated in two tiled passes so peak memory depends on the tile, not
 pass 1 computes terrain (noise + erosion, with a halo of 2 x iterations), land cover, DTM and
 DSM per tile; pass 2 renders the image per tile, reading the DSM back with a sun-side halo for
 cast shadows. Tiled output is bit-identical to untiled output.
+
+Each scene draws its own climate (:mod:`demgen.data.synth.climate`: tree, snow, rock, farm and
+town lines relative to its height range, and an aerosol factor), stored in ``scene.json``, so
+colour does not encode absolute height across scenes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from demgen.data.synth.climate import Climate, draw_climate
 from demgen.data.synth.render import BANDS, render_tile, shadow_steps
 from demgen.data.synth.terrain import (
     CLASSES,
@@ -73,6 +78,9 @@ class SceneConfig:
     tile: int = 512  # processing tile (memory bound)
     max_shadow_px: int = 256  # longest cast-shadow ray, pixels
     stereo: bool = False  # also write initial_dsm.tif, ortho2.tif, triangulation_error.tif ...
+    # land-cover lines and aerosol factor (synth/climate.py Climate fields); default: drawn
+    # from the seed relative to the elevation range, so every scene has its own
+    climate: dict[str, float] | None = None
 
 
 def validate_config(config: SceneConfig) -> None:
@@ -104,6 +112,8 @@ def validate_config(config: SceneConfig) -> None:
         raise InputError(f"tile must be an integer >= 16, got {c.tile!r}")
     if not isinstance(c.max_shadow_px, int | np.integer) or c.max_shadow_px < 0:
         raise InputError(f"max_shadow_px must be >= 0, got {c.max_shadow_px!r}")
+    if c.climate is not None:
+        Climate.from_dict(c.climate)  # raises InputError on a bad climate
     try:
         crs = CRS.from_user_input(c.crs)
     except Exception as exc:  # rasterio raises CRSError
@@ -113,7 +123,8 @@ def validate_config(config: SceneConfig) -> None:
 
 
 def resolve_config(config: SceneConfig) -> SceneConfig:
-    """Fill preset defaults (elevation range, sea level, origin) so the scene is fully specified."""
+    """Fill defaults (elevation range, sea level, origin, climate) so the scene is fully
+    specified: the climate is drawn from the seed and the elevation range unless given."""
     validate_config(config)
     preset = PRESETS[config.relief]
     er = config.elevation_range or preset.elevation_range
@@ -126,9 +137,16 @@ def resolve_config(config: SceneConfig) -> SceneConfig:
         y = rng.uniform(1_000_000.0 + extent, 8_000_000.0)
         px = config.pixel_size
         origin = (round(x / px) * px, round(y / px) * px)
+    er = (float(er[0]), float(er[1]))
+    climate = (
+        draw_climate(config.seed, er)
+        if config.climate is None
+        else Climate.from_dict(config.climate)
+    )
     return replace(
         config,
-        elevation_range=(float(er[0]), float(er[1])),
+        climate=climate.to_dict(),
+        elevation_range=er,
         sea_level=float(sea),
         origin=(float(origin[0]), float(origin[1])),
     )
@@ -190,8 +208,9 @@ def _normals_block(dsm_pad: np.ndarray, top: int, left: int, r0: int, c0: int, h
 
 def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
     assert cfg.origin is not None and cfg.elevation_range is not None
-    assert cfg.sea_level is not None
+    assert cfg.sea_level is not None and cfg.climate is not None
     preset = PRESETS[cfg.relief]
+    climate = Climate.from_dict(cfg.climate)
     size, px = cfg.size, cfg.pixel_size
     transform = scene_transform(cfg)
     crs = CRS.from_user_input(cfg.crs)
@@ -228,7 +247,7 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
                 e = 2 * n_it
                 xe = xm[:, e : xm.shape[1] - e]
                 ye = ym[e : ym.shape[0] - e, :]
-                lc, dtm, dsm = classify(h, xe, ye, cfg.seed, preset, cfg.sea_level, px)
+                lc, dtm, dsm = classify(h, xe, ye, cfg.seed, preset, cfg.sea_level, px, climate)
                 win = Window(c0, r0, tw, th)
                 w_dtm.write(dtm, 1, window=win)
                 w_dsm.write(dsm, 1, window=win)
@@ -268,7 +287,7 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
                 img, cl = render_tile(
                     dsm_pad, top, left, dtm, lc, xm, ym, gcol, grow,
                     seed=cfg.seed, pixel_size=px, sun_azimuth=cfg.sun_azimuth,
-                    sun_elevation=cfg.sun_elevation, haze=cfg.haze,
+                    sun_elevation=cfg.sun_elevation, haze=cfg.haze * climate.haze_factor,
                     cloud_cover=cfg.cloud_cover, steps=steps, normals_dsm=nblk,
                 )  # fmt: skip
                 w_img.write(img, window=win)
@@ -328,6 +347,8 @@ def generate_scene(out_dir: str | Path, config: SceneConfig, *, progress: bool =
             "band_wavelengths_nm": {"B2": 490, "B3": 560, "B4": 665, "B8": 842},
             "reflectance_scale": 10000,
             "files": list(SCENE_FILES) + (stereo_files() if cfg.stereo else []),
+            # this scene's land-cover lines (metres) and aerosol factor (synth/climate.py)
+            "climate": cfg.climate,
             "stats": stats,
             # synthetic heights are relative to no geoid or ellipsoid; the rasters say so too
             "vertical_crs": SYNTH_VERTICAL_CRS,
