@@ -17,7 +17,6 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from demgen.demo import DemoConfig, run_demo
@@ -27,20 +26,22 @@ PRECISIONS = ("bf16", "32")
 
 
 def one_run(precision: str, seed: int, epochs: int) -> dict:
-    """Train and evaluate the demo once; the numbers that matter for parity."""
-    cfg = replace(DemoConfig(), precision=precision, seed=seed, max_epochs=epochs,
-                  budget_minutes=120.0)  # fmt: skip
+    """Train and evaluate the demo once; the numbers that matter for parity. The world's
+    seed is ``seed``; the time budget is set high so ``epochs`` ends every run."""
+    cfg = DemoConfig(precision=precision, minutes=120.0, data={"seed": seed},
+                     trainer={"max_epochs": epochs, "min_epochs": epochs})  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         m = run_demo(Path(tmp) / "run", cfg, progress=False, log=lambda _msg: None)
+    same = m["held_out"]["same_relief"]["model"]
     return {
         "seed": seed,
         "lightning_precision": m["precision"],
-        "epochs": m["epochs"],
-        "train_seconds": m["train_seconds"],
+        "epochs": m["training"]["epochs"],
+        "train_seconds": m["training"]["fit_seconds"],
         "wall_seconds": round(time.time() - t0, 1),
-        "mae_m": round(m["model"]["mae_m"], 2),
-        "rmse_m": round(m["model"]["rmse_m"], 2),
+        "mae_m": round(same["mae_m"], 2),
+        "rmse_m": round(same["rmse_m"], 2),
     }
 
 

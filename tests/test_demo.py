@@ -43,6 +43,10 @@ def test_fast_demo_maps_to_fit_overrides(tmp_path):
     assert "--data.init_args.size 256" in text and "--model.init_args.base 16" in text
     assert f"--data.init_args.cache_dir {tmp_path / 'data'}" in text
     assert max_time(7) == "00:00:07:00" and max_time(90.5) == "00:01:30:30"
+    # trainer overrides (benchmarks/precision_parity.py trains a fixed number of epochs)
+    cfg = DemoConfig(trainer={"max_epochs": 20, "min_epochs": 20})
+    text = " ".join(fit_args(cfg, tmp_path, progress=False))
+    assert "--trainer.max_epochs 20 --trainer.min_epochs 20" in text
 
 
 def test_baselines_fit_on_the_store_training_split(tmp_path):

@@ -39,15 +39,16 @@ REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 class DemoConfig:
     """What ``demgen demo`` runs: the fit config plus overrides, and the held-out scenes.
 
-    ``data`` and ``model`` are ``--data.init_args.*`` and ``--model.init_args.*`` overrides
-    of the config; ``minutes`` becomes ``--trainer.max_time``. ``fast()`` is the
-    under-two-minutes variant the tests run.
+    ``data``, ``model`` and ``trainer`` are ``--data.init_args.*``, ``--model.init_args.*``
+    and ``--trainer.*`` overrides of the config; ``minutes`` becomes ``--trainer.max_time``.
+    ``fast()`` is the under-two-minutes variant the tests run.
     """
 
     config: str = str(REPO_CONFIG)
     minutes: float = 7.0
     data: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
     test_seed: int = 1000
     other_relief: str = "alpine"
     other_seed: int = 2000
@@ -115,6 +116,8 @@ def fit_args(config: DemoConfig, out: Path, *, progress: bool = True) -> list[st
     for group, overrides in (("data", config.data), ("model", config.model)):
         for key, value in overrides.items():
             args += [f"--{group}.init_args.{key}", str(value)]
+    for key, value in config.trainer.items():
+        args += [f"--trainer.{key}", str(value)]
     return args
 
 
