@@ -265,3 +265,54 @@ def test_workers_and_pinning_are_chosen_for_the_machine(store, monkeypatch):
     assert dmod.auto_num_workers() == 1
     dm = ChipDataModule(store, augment=False)
     assert dm.num_workers == 1 and dm.pin_memory
+
+
+def test_store_names_its_layers_and_old_manifests_derive_them(store, tmp_path):
+    import json
+    import shutil
+
+    st = ChipStore(store)
+    layers = st.manifest["layers"]
+    assert list(layers)[:3] == ["image", "elevation", "mask"] and "err" in layers
+    assert layers["image"] == {"file": "image.npy", "channels": 3, "bands": ["R", "G", "B"],
+                               "unit": "reflectance", "kind": "image"}  # fmt: skip
+    assert layers["elevation"]["unit"] == "metre" and layers["err"]["index"] == [0]
+    assert isinstance(st.layer("image"), np.memmap) and st.layer("err").shape[1] == 1
+    np.testing.assert_array_equal(st.read_layer("err", 2), np.asarray(st.extra[2]))
+    # a store written before the table existed derives the same one
+    old = tmp_path / "old"
+    shutil.copytree(store, old)
+    mf = json.loads((old / "manifest.json").read_text())
+    del mf["layers"]
+    (old / "manifest.json").write_text(json.dumps(mf))
+    assert ChipStore(old).layers == st.layers
+    with pytest.raises(KeyError, match="no layer 'landcover'"):
+        st.layer("landcover")
+
+
+def test_roles_swapped_serve_heights_in_and_image_out(store):
+    """The same store learns DEM -> image: ``input`` is the normalized heights, ``target``
+    the image bands normalized with the stored statistics (invalid pixels the fill)."""
+    dm = ChipDataModule(store, batch_size=4, augment=False, num_workers=0,
+                        inputs=["elevation"], targets=["image"])  # fmt: skip
+    plain = ChipDataModule(store, batch_size=4, augment=False, num_workers=0)
+    dm.setup("fit")
+    plain.setup("fit")
+    b, p = next(iter(dm.val_dataloader())), next(iter(plain.val_dataloader()))
+    n = len(b["index"])
+    assert b["input"].shape == (n, 1, CHIP, CHIP) and b["target"].shape == (n, 3, CHIP, CHIP)
+    torch.testing.assert_close(b["input"], p["target"])  # heights, normalized as the target was
+    torch.testing.assert_close(b["target"], p["image"])
+    st = ChipStore(store)
+    j = int(b["index"][0])
+    np.testing.assert_allclose(b["target"][0].numpy(), stored_chip(st, st.image_norm(), j),
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+    assert "input" not in p and torch.equal(p["target"], b["input"])  # defaults: today's batch
+    # an extra layer as input beside the image, and augmentation turns "input" alike
+    aug = ChipDataModule(store, batch_size=4, num_workers=0, augment=True, augment_seed=1,
+                         inputs=["image", "err"], targets=["elevation"])  # fmt: skip
+    aug.setup("fit")
+    batch = aug.on_after_batch_transfer(next(iter(aug.train_dataloader())), 0)
+    torch.testing.assert_close(batch["input"][:, :3], batch["image"])
+    with pytest.raises(Exception, match="no layer 'nope'"):
+        ChipDataModule(store, inputs=["nope"])

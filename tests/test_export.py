@@ -76,7 +76,7 @@ def _checkpoint(task: L.LightningModule, path) -> None:
 @pytest.mark.parametrize("kind", ["regression", "pix2pix", "drpan", "refine"])
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_every_task_exports_and_matches_its_checkpoint(kind, fmt, tmp_path, capsys):
-    from demgen.inference.scene import load_task
+    from demgen.tasks.registry import load_task
 
     ckpt = tmp_path / f"{kind}.ckpt"
     _checkpoint(_tasks()[kind](), ckpt)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from demgen.cli import main as cli_main
 from demgen.data.chips import ChipStore
@@ -104,6 +105,13 @@ def _mark(config: str):
     return pytest.param(config, marks=pytest.mark.slow) if gan else config
 
 
+def _self_contained(config: str) -> bool:
+    """Whether a shipped config makes its own data (SynthWorldDataModule) instead of reading
+    a chip store given with --data.store."""
+    data = yaml.safe_load((CONFIGS / config).read_text())["data"]
+    return data["class_path"].endswith("SynthWorldDataModule")
+
+
 @pytest.mark.parametrize("config", [_mark(c) for c in SHIPPED])
 def test_every_config_runs_one_step(config, stores, tmp_path, monkeypatch):
     args = ["--config", str(CONFIGS / config), "--run_root", str(tmp_path / "runs"), *COMMON,
@@ -111,6 +119,11 @@ def test_every_config_runs_one_step(config, stores, tmp_path, monkeypatch):
     if config == "quick.yaml":
         args = [*_tiny_quick(tmp_path / "cache"), "--run_root", str(tmp_path / "runs"),
                 "--trainer.fast_dev_run", "true"]  # fmt: skip
+    elif _self_contained(config):  # synthesizes its own world (demo.yaml): a tiny one here
+        args += ["--data.init_args.cache_dir", str(tmp_path / "cache"),
+                 "--data.init_args.size", "256", "--data.init_args.n_scenes", "2",
+                 "--data.init_args.chip_size", "64",
+                 "--data.init_args.batch_size", "2"]  # fmt: skip
     else:
         args += ["--data.store", _store_for(config, stores), "--data.batch_size", "2",
                  "--data.init_args.num_workers", "0"]  # fmt: skip
@@ -125,7 +138,7 @@ def quick_cache(tmp_path_factory):
 
 
 def test_quick_end_to_end(quick_cache, tmp_path, capsys):
-    from demgen.inference.scene import load_task
+    from demgen.tasks.registry import load_task
 
     run = fit([*_tiny_quick(quick_cache), "--run_root", str(tmp_path), "--trainer.max_epochs", "2"])
     out = capsys.readouterr().out
@@ -176,7 +189,7 @@ def test_resume_continues_the_same_run(quick_cache, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_see_disjoint_chips(quick_cache, tmp_path):
-    from demgen.inference.scene import load_task
+    from demgen.tasks.registry import load_task
 
     # build the cache in this process first so the two ranks only read it
     cmd = [sys.executable, "-m", "demgen", "fit", *_tiny_quick(quick_cache),

@@ -103,3 +103,62 @@ def test_prediction_folds_batchnorm_on_a_copy(tmp_path, image_file):
         pred = dst.read(1, window=((0, 32), (0, 32)))
     # the first window's corner is covered by that window alone (blend weight 1 there)
     np.testing.assert_allclose(pred[:8, :8], ref[:8, :8], rtol=1e-4, atol=1e-2)
+
+
+class _TwoOutputs(DEMRegressionTask):
+    """A task declaring a second input and two outputs (heights and a 2-band probability):
+    prediction must follow the declaration alone."""
+
+    @property
+    def spec(self):
+        from demgen.tasks.spec import LayerSpec, TaskSpec
+
+        base = super().spec
+        return TaskSpec(
+            inputs=(*base.inputs, LayerSpec("weight", 1, ("weight",), "value")),
+            outputs=(*base.outputs, LayerSpec("prob", 2, ("wet", "dry"), "probability")),
+            window_multiple=1, window=32,
+        )  # fmt: skip
+
+    def fill_values(self, name):
+        return (1.0,) if name == "weight" else super().fill_values(name)
+
+    def predict_batch(self, inputs, valid):
+        out = super().predict_batch(inputs, valid)
+        p = torch.sigmoid(inputs["weight"])
+        out["prob"] = torch.cat([p, 1 - p], dim=1)
+        return out
+
+
+def test_predict_scene_writes_every_declared_output(image_file, tmp_path):
+    """Named inputs (the second on a coarser grid, warped onto the first), one GeoTIFF per
+    output with its unit and band names, the datum tag only on heights, and a one-line
+    error naming what a checkpoint needs."""
+    from rasterio.transform import from_origin
+
+    from demgen.inference.scene import output_files
+
+    task, _ = _task()
+    task.__class__ = _TwoOutputs
+    with rasterio.open(image_file) as ds:
+        crs, tr, (h, w) = ds.crs, ds.transform, ds.shape
+    weight = write_raster(tmp_path / "w.tif", np.zeros((h // 2, w // 2), np.float32), crs=crs,
+                          transform=from_origin(tr.c, tr.f, 20.0, 20.0))  # fmt: skip
+    with pytest.raises(InputError, match=r"needs inputs \['image', 'weight'\]; missing"):
+        predict_scene(task, image_file, tmp_path / "x.tif", progress=False)
+    with pytest.raises(InputError, match="unknown input 'nope'"):
+        predict_scene(task, {"image": image_file, "weight": weight, "nope": weight},
+                      tmp_path / "x.tif", progress=False)  # fmt: skip
+    out = predict_scene(task, {"image": image_file, "weight": weight}, tmp_path / "p.tif",
+                        precision="32", tta=True, progress=False)  # fmt: skip
+    files = output_files(task.spec, tmp_path / "p.tif")
+    assert out == files["dtm"] == tmp_path / "p_dtm.tif" and files["prob"].name == "p_prob.tif"
+    with rasterio.open(files["dtm"]) as ds:
+        assert ds.descriptions == ("dtm", "tta_std") and ds.tags()["vertical_crs"] == "unknown"
+        assert ds.crs == crs and ds.transform == tr
+    with rasterio.open(files["prob"]) as ds:
+        assert ds.descriptions == ("wet", "dry", "wet_tta_std", "dry_tta_std")
+        assert ds.units == ("probability",) * 4 and "vertical_crs" not in ds.tags()
+        assert ds.crs == crs and ds.transform == tr and ds.shape == (h, w)
+        np.testing.assert_allclose(ds.read(1), 0.5, atol=1e-6)  # sigmoid(0): warped zeros
+        np.testing.assert_allclose(ds.read(3), 0.0, atol=1e-6)

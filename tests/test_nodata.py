@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from demgen.cli import main
 from demgen.data.chips import ChipDataset, ChipStore, ChipStoreWriter
 from demgen.data.normalize import ElevationNorm, ImageNorm, ResidualNorm
-from demgen.inference.scene import NODATA, predict_refine_scene, predict_scene
+from demgen.inference.scene import NODATA, predict_scene
 from demgen.io.raster import write_raster
 from demgen.tasks.pix2pix import Pix2PixTask
 from demgen.tasks.refine import RefineTask
@@ -148,8 +148,8 @@ def test_refinement_reader_fills_the_image_hole(tmp_path):
                          nodata=np.nan, descriptions=BANDS)  # fmt: skip
     outs = []
     for name, path in (("c", clean_path), ("p", holed)):
-        predict_refine_scene(task, {"ortho1": path, "initial_dsm": dsm}, tmp_path / f"{name}.tif",
-                             precision="32", progress=False)  # fmt: skip
+        predict_scene(task, {"ortho1": path, "initial_dsm": dsm}, tmp_path / f"{name}.tif",
+                      precision="32", progress=False)  # fmt: skip
         with rasterio.open(tmp_path / f"{name}.tif") as ds:
             outs.append(ds.read())
     clean, pred = outs

@@ -14,8 +14,9 @@ from rasterio.transform import from_origin
 from demgen.data.normalize import ElevationNorm, GlobalShiftNorm, ImageNorm
 from demgen.errors import InputError
 from demgen.export import export_model
-from demgen.inference.scene import NODATA, load_task, predict_scene
+from demgen.inference.scene import NODATA, predict_scene
 from demgen.io.raster import write_raster
+from demgen.tasks.registry import load_task
 from demgen.tasks.regression import DEMRegressionTask
 
 BANDS = ["B2", "B3", "B4", "B8"]
@@ -259,13 +260,13 @@ def test_default_window_is_the_chip_size_for_relative_models(tmp_path, monkeypat
 
     assert default_window(_task()) == 64 and default_window(_task(GlobalShiftNorm(400.0))) == 32
     sizes = set()
-    load = readers._ImageReader.load
+    load = readers._SceneReader.load
 
     def spy(self, windows):
         sizes.update((w.width, w.height) for w in windows)
         return load(self, windows)
 
-    monkeypatch.setattr(readers._ImageReader, "load", spy)
+    monkeypatch.setattr(readers._SceneReader, "load", spy)
     predict_scene(_task(GlobalShiftNorm(400.0)), _image(tmp_path), tmp_path / "r.tif",
                   precision="32", progress=False)  # fmt: skip
     assert sizes == {(32, 32)}  # the training chip size (it was twice that)
@@ -279,3 +280,17 @@ def test_outputs_record_the_vertical_crs(tmp_path):
         out = predict_scene(t, img, tmp_path / f"{want[:4]}.tif", precision="32", progress=False)
         with rasterio.open(out) as ds:
             assert ds.tags()["vertical_crs"] == want
+
+
+def test_predict_cli_takes_inputs_by_name(tmp_path, checkpoint):
+    a = _image(tmp_path, name="a.tif")
+    r = run("predict", checkpoint, "--input", f"image={a}", "-o", tmp_path / "n.tif", "-q")
+    assert r.returncode == 0, r.stderr
+    assert run("predict", checkpoint, a, "-o", tmp_path / "p.tif", "-q").returncode == 0
+    np.testing.assert_array_equal(_read(tmp_path / "n.tif")[0], _read(tmp_path / "p.tif")[0])
+    for args, msg in [((), "the checkpoint reads ['image']"),
+                      (("--input", f"dsm={a}"), "unknown input 'dsm'"),
+                      ((a, "--input", f"image={a}"), "image given twice")]:  # fmt: skip
+        r = run("predict", checkpoint, *args, "-o", tmp_path / "x.tif", "-q")
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -9,11 +9,12 @@ from rasterio.transform import from_origin
 from torch.nn import functional as F
 
 from demgen.data.normalize import ElevationNorm, GlobalShiftNorm, ImageNorm
-from demgen.inference.scene import load_task, predict_scene
+from demgen.inference.scene import predict_scene
 from demgen.io.raster import write_raster
 from demgen.tasks.common import TASK_KEY, MetresMetrics, to_metres
 from demgen.tasks.drpan import DRPANTask
 from demgen.tasks.pix2pix import Pix2PixTask
+from demgen.tasks.registry import load_task
 from demgen.tasks.regression import DEMRegressionTask
 
 BANDS = ["B2", "B3", "B4", "B8"]

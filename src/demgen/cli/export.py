@@ -14,9 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="export a checkpoint's model to TorchScript or ONNX",
         description=(
             "Write CHECKPOINT's network as TorchScript (.pt) or ONNX (.onnx), and beside it "
-            "OUTPUT.json with its input channels in order (image bands, or a refinement "
-            "model's stacked layers) and their normalizations, and how to turn its output "
-            "into metres. Every task exports (regression, pix2pix, drpan, refine). ONNX "
+            "OUTPUT.json with the task's contract (named input and output layers with their "
+            "units), its input channels in order (image bands, or a refinement model's "
+            "stacked layers) and their normalizations, and how to turn its output into "
+            "metres. Every task exports (regression, pix2pix, drpan, refine). ONNX "
             "needs the 'onnx' package."
         ),
     )
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from demgen.export import SUFFIX, export_model
-    from demgen.inference.scene import load_task
+    from demgen.tasks.registry import load_task
 
     out = args.output or args.checkpoint.with_suffix(SUFFIX[args.format])
     if out.exists() and not args.overwrite:

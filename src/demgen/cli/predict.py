@@ -1,4 +1,11 @@
-"""`demgen predict`: a checkpoint applied to whole scenes, written as GeoTIFFs in metres."""
+"""`demgen predict`: a checkpoint applied to whole scenes, one GeoTIFF per output layer.
+
+The checkpoint's task declares its named inputs and outputs (``task.spec``, see
+:mod:`demgen.tasks.spec`); this command maps rasters onto those names and never looks at the
+task's name: ``--input NAME=PATH`` names a layer (``--layer`` is an alias kept for old
+scripts), and positional IMAGE paths are the shorthand for the first input (several of them,
+or a glob, predict several scenes of a one-input task).
+"""
 
 from __future__ import annotations
 
@@ -16,28 +23,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="predict heights for whole scenes from a checkpoint",
         description=(
-            "Apply CHECKPOINT to each INPUT image (any size; read window by window) and write "
-            "float32 heights in metres with the input's CRS and transform. Windows overlap "
-            "and are blended with a smooth weight, so there are no seams. The bands, "
-            "normalization and training pixel size stored in the checkpoint are applied; "
-            "pixels that are nodata in the input are nodata (-9999) in the output. One input: "
-            "OUTPUT is the file. Several inputs or a glob: OUTPUT is a folder and each result "
-            "is OUTPUT/<input name>_dem.tif. Files appear only when complete. Refinement "
-            "checkpoints take their stacked inputs by name: INPUT is the image (ortho1) and "
-            "each other layer is --layer NAME=PATH; the error lists the names a checkpoint "
-            "needs."
+            "Apply CHECKPOINT to whole scenes (any size; read window by window) and write "
+            "each output layer the checkpoint declares (heights in metres for the DEM tasks) "
+            "as float32 with the first input's CRS and transform. Windows overlap and are "
+            "blended with a smooth weight, so there are no seams. The bands, normalization "
+            "and training pixel size stored in the checkpoint are applied; pixels that are "
+            "nodata in an input are nodata (-9999) in the output. Inputs go by name: "
+            "--input NAME=PATH (the error lists the names a checkpoint needs; refinement "
+            "reads ortho1, initial_dsm, ...); a positional IMAGE is the first input. One "
+            "scene: OUTPUT is the file (a task with several outputs writes "
+            "OUTPUT-stem_<name>.tif for each). Several IMAGEs or a glob (one-input "
+            "checkpoints): OUTPUT is a folder and each result is OUTPUT/<input name>_dem.tif. "
+            "Files appear only when complete."
         ),
     )
     p.add_argument("checkpoint", type=Path, help="model checkpoint (.ckpt) from demo or fit")
-    p.add_argument("inputs", nargs="+", help="image raster(s); quoted globs are expanded")
+    p.add_argument(
+        "inputs", nargs="*", help="image raster(s), the first input; quoted globs are expanded"
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     p.add_argument(
+        "--input",
         "--layer",
+        dest="layers",
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="refinement checkpoints: a named input layer (initial_dsm, ortho2, "
-        "triangulation_error, ...); INPUT is the image (ortho1)",
+        help="a named input layer of the checkpoint (image; ortho1, initial_dsm, ortho2, "
+        "triangulation_error for refinement); repeat for each (--layer: the old name)",
     )
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap 0..0.9 (0.25)")
     p.add_argument(
@@ -86,58 +99,65 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 
 
 def parse_layers(items: list[str]) -> dict[str, Path]:
-    """``NAME=PATH`` items as a dict; each file must exist."""
+    """``NAME=PATH`` items as a dict; each file must exist, each name appear once."""
     layers: dict[str, Path] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise DemgenError(f"--layer expects NAME=PATH, got {item!r}")
+            raise DemgenError(f"--input expects NAME=PATH, got {item!r}")
+        if name in layers:
+            raise DemgenError(f"--input {name} given twice")
         if not Path(path).exists():
             raise DemgenError(f"{path}: no such file")
         layers[name] = Path(path)
     return layers
 
 
+def scenes(spec, images: list[Path], layers: dict[str, Path]) -> list[dict[str, Path]]:
+    """The named inputs of each scene to predict: one scene of ``layers`` (a positional image
+    being the first input), or one scene per image for a one-input checkpoint."""
+    first = spec.inputs[0].name
+    if not images and not layers:
+        raise DemgenError(f"no input given: the checkpoint reads {spec.input_names} "
+                          "(IMAGE or --input NAME=PATH)")  # fmt: skip
+    if len(images) > 1:
+        if layers or len(spec.inputs) > 1:
+            raise DemgenError(f"several images are for one-input checkpoints; this one reads "
+                              f"{spec.input_names}: name each with --input NAME=PATH")  # fmt: skip
+        return [{first: p} for p in images]
+    if images:
+        if first in layers:
+            raise DemgenError(f"{first} given twice (as IMAGE and as --input {first}=...)")
+        layers = {first: images[0], **layers}
+    return [layers]
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.overlap <= 0.9:
         raise DemgenError(f"--overlap must be between 0 and 0.9, got {args.overlap}")
-    inputs = expand_inputs(args.inputs)
+    images = expand_inputs(args.inputs)
+    layers = parse_layers(args.layers)
     if not args.checkpoint.exists():
         raise DemgenError(f"{args.checkpoint}: no such checkpoint")
 
-    from demgen.inference.scene import (
-        load_task,
-        output_paths,
-        predict_refine_scene,
-        predict_scene,
-    )
+    from demgen.inference.scene import output_files, output_paths, predict_scene, resolve_inputs
+    from demgen.tasks.registry import load_task
 
-    outputs = output_paths(inputs, args.output)
-    existing = [o for o in outputs if o.exists()]
+    task = load_task(args.checkpoint)
+    spec = task.spec
+    jobs = scenes(spec, images, layers)
+    for job in jobs:
+        resolve_inputs(spec, job)  # one line naming what is missing, before anything runs
+    first = spec.inputs[0].name
+    outputs = output_paths([job[first] for job in jobs], args.output)
+    existing = [f for o in outputs for f in output_files(spec, o).values() if f.exists()]
     if existing and not args.overwrite:
         raise DemgenError(f"{existing[0]} already exists (pass --overwrite to replace it)")
-    task = load_task(args.checkpoint)
-    layers = parse_layers(args.layer)
-    if getattr(task, "task_name", "") == "refine":
-        if len(inputs) != 1:
-            raise DemgenError("a refinement checkpoint takes one image; give other layers "
-                              "with --layer NAME=PATH")  # fmt: skip
-        t0 = time.time()
-        predict_refine_scene(
-            task, {"ortho1": inputs[0], **layers}, outputs[0], window=args.window,
-            overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
-            tta=args.tta, cog=args.cog, any_resolution=args.any_resolution,
-            progress=not args.quiet,
-        )  # fmt: skip
-        print(f"wrote {outputs[0]} ({time.time() - t0:.1f} s)")
-        return 0
-    if layers:
-        raise DemgenError("--layer is only for refinement checkpoints")
-    for src, dst in zip(inputs, outputs, strict=True):
+    for job, dst in zip(jobs, outputs, strict=True):
         t0 = time.time()
         predict_scene(
             task,
-            src,
+            job,
             dst,
             window=args.window,
             overlap=args.overlap,
@@ -149,5 +169,6 @@ def run(args: argparse.Namespace) -> int:
             any_resolution=args.any_resolution,
             progress=not args.quiet,
         )
-        print(f"wrote {dst} ({time.time() - t0:.1f} s)")
+        written = ", ".join(str(p) for p in output_files(spec, dst).values())
+        print(f"wrote {written} ({time.time() - t0:.1f} s)")
     return 0

@@ -12,6 +12,16 @@ Layout of a store folder::
                     them, NaN where invalid; the manifest's ``extras`` gives each one's
                     name, kind (``height`` or ``value``) and unit
 
+**Named layers.** The manifest's ``layers`` table names every layer the store holds:
+``{name: {file, channels, bands, unit, kind}}`` for ``image`` (unit ``reflectance``: the
+stored values), ``elevation`` (its band is the target, ``dtm`` or ``dsm`` where the store
+records it; unit ``metre``), ``mask`` and each extra layer (a multi-band extra such as
+``ortho2`` is one layer whose ``index`` lists its channels of ``extra.npy``); any other array
+(land cover) is listed under its own name. Stores written before the table existed derive it
+from their manifest (:func:`layer_table`). :meth:`ChipStore.layer` returns a layer's memory
+map, and :class:`ChipDataset` serves any layers as inputs and targets (``inputs=``,
+``targets=``), so "DEM to image" is the same store with the roles swapped.
+
 Heights are stored raw (metres) and normalized at read time from the manifest, so a
 normalized target turns back into metres (to float32 precision) with the stored
 statistics. Arrays are written sequentially with plain file writes (no memory map while
@@ -103,6 +113,50 @@ class _NpyAppender:
         self.f.close()
 
 
+#: Arrays with a fixed meaning; any other array of a store's ``arrays`` is a layer of its own.
+_CORE_ARRAYS = ("image", "elevation", "mask", "extra")
+
+
+def _band_of(extra: dict[str, Any]) -> str:
+    """``B2`` for the channel ``ortho2_B2`` of layer ``ortho2``; a single band's own name."""
+    name, layer = extra["name"], extra.get("layer", extra["name"])
+    return name.removeprefix(f"{layer}_") if name != layer else name
+
+
+def layer_table(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The named layers of a store: the manifest's ``layers``, or (stores written before it
+    existed) the table derived from its arrays, bands and extras."""
+    if manifest.get("layers"):
+        return {k: dict(v) for k, v in manifest["layers"].items()}
+    arrays = manifest["arrays"]
+    bands = list(manifest["bands"])
+    target = str(manifest.get("target") or "elevation")
+    table: dict[str, dict[str, Any]] = {
+        "image": {"file": arrays["image"], "channels": len(bands), "bands": bands,
+                  "unit": "reflectance", "kind": "image"},
+        "elevation": {"file": arrays["elevation"], "channels": 1, "bands": [target],
+                      "unit": "metre", "kind": "height"},
+        "mask": {"file": arrays["mask"], "channels": 1, "bands": ["valid"], "unit": "class",
+                 "kind": "mask"},
+    }  # fmt: skip
+    extras = manifest.get("extras") or [{"name": n} for n in manifest.get("extra_layers") or []]
+    for i, e in enumerate(extras if "extra" in arrays else []):
+        height = e.get("kind") == "height"
+        entry = table.setdefault(e.get("layer", e["name"]), {
+            "file": arrays["extra"], "channels": 0, "bands": [], "index": [],
+            "unit": "metre" if height else "value", "kind": e.get("kind") or "value",
+        })  # fmt: skip
+        entry["channels"] += 1
+        entry["bands"].append(_band_of(e))
+        entry["index"].append(i)
+    for key, file in arrays.items():
+        if key not in _CORE_ARRAYS and key not in table:
+            unit = "class" if "cover" in key or "class" in key else "value"
+            table[key] = {"file": file, "channels": None, "bands": None, "unit": unit,
+                          "kind": key}  # fmt: skip
+    return table
+
+
 class ChipStoreWriter:
     """Write chips into a temporary folder beside ``out``; :meth:`commit` renames it into place.
 
@@ -184,6 +238,7 @@ class ChipStoreWriter:
             **manifest,
             "chips": self.chips,
         }
+        full["layers"] = layer_table(full)
         (self.tmp / "manifest.json").write_text(json.dumps(full, indent=1) + "\n")
         if self.out.exists():
             trash = self.out.with_name(f".{self.out.name}.{uuid.uuid4().hex[:8]}.old")
@@ -225,12 +280,42 @@ class ChipStore:
 
     def _open_arrays(self) -> None:
         arrays = self.manifest["arrays"]
-        self.image = np.load(self.path / arrays["image"], mmap_mode="r")
-        self.elevation = np.load(self.path / arrays["elevation"], mmap_mode="r")
-        self.mask = np.load(self.path / arrays["mask"], mmap_mode="r")
-        self.extra = (
-            np.load(self.path / arrays["extra"], mmap_mode="r") if "extra" in arrays else None
-        )
+        self._maps = {f: np.load(self.path / f, mmap_mode="r") for f in set(arrays.values())}
+        self.image = self._maps[arrays["image"]]
+        self.elevation = self._maps[arrays["elevation"]]
+        self.mask = self._maps[arrays["mask"]]
+        self.extra = self._maps[arrays["extra"]] if "extra" in arrays else None
+        self.layers = layer_table(self.manifest)
+        for entry in self.layers.values():  # arrays of their own: channels from the shape
+            if entry.get("channels") is None:
+                a = self._maps[entry["file"]]
+                entry["channels"] = int(a.shape[1]) if a.ndim == 4 else 1
+                entry["bands"] = [f"{entry['kind']}{i + 1}" for i in range(entry["channels"])]
+
+    def layer(self, name: str) -> np.ndarray:
+        """The memory map of layer ``name`` (see :attr:`layers`): (N, C, H, W) for image and
+        extra layers (a view of ``extra.npy``'s channels), (N, H, W) for single-band arrays
+        (elevation, mask). KeyError naming the store's layers."""
+        entry = self.layers.get(name)
+        if entry is None:
+            raise KeyError(f"{self.path}: no layer {name!r} (layers: {sorted(self.layers)})")
+        arr = self._maps[entry["file"]]
+        idx = entry.get("index")
+        if idx is None:
+            return arr
+        if idx == list(range(idx[0], idx[-1] + 1)):
+            return arr[:, idx[0] : idx[-1] + 1]  # a slice: still a memory map
+        return arr[:, idx]  # channels not adjacent: a copy
+
+    def read_layer(self, name: str, j: int) -> np.ndarray:
+        """Chip ``j`` of layer ``name`` as stored, (C, H, W)."""
+        entry = self.layers.get(name)
+        if entry is None:
+            raise KeyError(f"{self.path}: no layer {name!r} (layers: {sorted(self.layers)})")
+        a = np.array(self._maps[entry["file"]][j])
+        if entry.get("index") is not None:
+            a = a[entry["index"]]
+        return a[None] if a.ndim == 2 else a
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into DataLoader workers (spawn/forkserver): send the path, not the arrays
@@ -307,6 +392,14 @@ class ChipDataset(Dataset):
     (heights in metres, see :attr:`ChipStore.extras`), 0 where ``mask`` is False so no NaN
     reaches a network, and ``extra_valid`` (E, H, W) bool, False there and in a layer's own
     gaps (``--extra-gaps``, e.g. the holes of an initial DSM, also 0 in ``extra``).
+
+    **Named roles.** ``inputs`` and ``targets`` (layer names of :attr:`ChipStore.layers`)
+    choose what is learnt from what: with either given, ``input`` is the input layers stacked
+    (C_in, H, W) and ``target`` the target layers stacked (C_out, H, W), each layer as
+    :meth:`layer_tensor` serves it (``image`` and ``elevation`` normalized with the stored
+    statistics, the image filled and the heights 0 where invalid). Defaults: inputs ``image``,
+    targets ``elevation``, so ``target`` is then what it always was; without either, no
+    ``input`` key is added (today's batch, unchanged). The other keys stay.
     """
 
     def __init__(
@@ -319,8 +412,17 @@ class ChipDataset(Dataset):
         seed: int | None = 0,
         extra: bool = False,
         defer_augment: bool = False,
+        inputs: list[str] | None = None,
+        targets: list[str] | None = None,
     ) -> None:
         self.store = store if isinstance(store, ChipStore) else ChipStore(store)
+        self.named = inputs is not None or targets is not None
+        self.inputs = list(inputs) if inputs is not None else ["image"]
+        self.targets = list(targets) if targets is not None else ["elevation"]
+        unknown = [n for n in self.inputs + self.targets if n not in self.store.layers]
+        if unknown:
+            raise InputError(f"{self.store.path}: no layer {unknown[0]!r} "
+                             f"(layers: {', '.join(self.store.layers)})")  # fmt: skip
         self.idx = self.store.indices(split, fold)
         self.image_norm = self.store.image_norm(fold)
         self.elevation_norm = self.store.elevation_norm(fold)
@@ -359,16 +461,35 @@ class ChipDataset(Dataset):
             ok = val[None] & np.isfinite(arrs[3])
             out["extra"] = torch.from_numpy(np.where(ok, arrs[3], 0.0).astype(np.float32))
             out["extra_valid"] = torch.from_numpy(ok)
+        if self.named:
+            served = {"image": out["image"], "elevation": out["target"]}
+            out["input"] = torch.cat([self.layer_tensor(n, j, val, served) for n in self.inputs])
+            out["target"] = torch.cat([self.layer_tensor(n, j, val, served)
+                                       for n in self.targets])  # fmt: skip
         if self.augment:
             rng = None if self.seed is None else np.random.default_rng((self.seed, self.epoch, j))
             code = draw_code(rng)
             if self.defer_augment:  # applied to the whole batch by the data module
                 out["aug"] = torch.tensor(code)
             else:
-                for k in SPATIAL_KEYS:
+                for k in (*SPATIAL_KEYS, "input"):
                     if k in out:
                         out[k] = dihedral(out[k], code).contiguous()
         return out
+
+    def layer_tensor(
+        self, name: str, j: int, valid: np.ndarray, served: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Layer ``name`` of chip ``j`` as a (C, H, W) float32 tensor: ``image`` and
+        ``elevation`` as the dataset normalizes them (``served``), ``mask`` as 0/1, any other
+        layer as stored (extras: heights in metres) with 0 where ``valid`` is False or the
+        value is not finite."""
+        if name in served:
+            return served[name]
+        if name == "mask":
+            return torch.from_numpy(valid[None].astype(np.float32))
+        a = self.store.read_layer(name, j).astype(np.float32)
+        return torch.from_numpy(np.where(valid[None] & np.isfinite(a), a, 0.0).astype(np.float32))
 
 
 def summary(store: ChipStore) -> str:

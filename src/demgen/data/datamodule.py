@@ -98,6 +98,11 @@ class ChipDataModule(pl.LightningDataModule):
             chips are blocks outside its test ground, see :func:`demgen.data.splits.kfold_split`,
             so early stopping and ``best.ckpt`` never see test data).
         extra: also yield the store's extra layers (``extra``, see ``ChipStore.extras``).
+        inputs, targets: layer names of the store (``ChipStore.layers``: ``image``,
+            ``elevation``, ``mask``, each extra layer) the batches serve as ``input`` and
+            ``target`` (see :class:`~demgen.data.chips.ChipDataset`); default (None): image
+            to elevation, today's batches. ``inputs=["elevation"], targets=["image"]``
+            learns the image from the heights on the same store.
         augment_seed: None (default) draws augmentations from torch's RNG, so they differ
             every epoch and follow ``seed_everything``; an int fixes them per chip.
         pin_memory, persistent_workers, drop_last: passed to the training DataLoader
@@ -116,9 +121,13 @@ class ChipDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = False,
         drop_last: bool = False,
+        inputs: list[str] | None = None,
+        targets: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # the roles stay out of the logged hparams, which Lightning merges with the task's
+        # (RefineTask has ``inputs`` of its own); state_dict and the CLI config record them
+        self.save_hyperparameters(ignore=["inputs", "targets"])
         self.store_path = str(store)
         self.batch_size = int(batch_size)
         self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
@@ -139,6 +148,12 @@ class ChipDataModule(pl.LightningDataModule):
                     "prepared before demgen validated folds on their test chips); prepare it "
                     "again with --folds"
                 )
+        self.inputs = list(inputs) if inputs is not None else None
+        self.targets = list(targets) if targets is not None else None
+        for name in (self.inputs or []) + (self.targets or []):
+            if name not in self.store.layers:
+                raise InputError(f"{self.store_path}: no layer {name!r} "
+                                 f"(layers: {', '.join(self.store.layers)})")  # fmt: skip
         self.datasets: dict[str, ChipDataset] = {}
 
     # what a task needs to save with its weights ---------------------------------------------
@@ -195,6 +210,8 @@ class ChipDataModule(pl.LightningDataModule):
                 seed=self.augment_seed,
                 extra=self.extra,
                 defer_augment=True,
+                inputs=self.inputs,
+                targets=self.targets,
             )
         return self.datasets[stage]
 
@@ -224,8 +241,13 @@ class ChipDataModule(pl.LightningDataModule):
         return self._loader("train")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment training batches on their device: one batched op per flip/rotation."""
-        return apply_batch(batch) if isinstance(batch, dict) else batch
+        """Augment training batches on their device: one batched op per flip/rotation (the
+        named-roles ``input`` with the same codes as the other layers)."""
+        if not isinstance(batch, dict):
+            return batch
+        if "input" in batch and "aug" in batch:
+            batch["input"] = apply_batch({"image": batch["input"], "aug": batch["aug"]})["image"]
+        return apply_batch(batch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -246,6 +268,8 @@ class ChipDataModule(pl.LightningDataModule):
             "bands": self.bands,
             "normalization": self.normalization,
             "extras": self.store.extras if self.extra else [],
+            "inputs": self.inputs,
+            "targets": self.targets,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -103,7 +103,8 @@ class SynthWorldDataModule(ChipDataModule):
         size, relief, pixel_size, seed: each scene's :class:`~demgen.data.synth.SceneConfig`.
         target: which elevation the chips carry: ``dtm`` (bare earth) or ``dsm`` (surface).
         chip_size, normalize, image_normalize, fractions, block: as ``demgen prepare``.
-        batch_size, num_workers, augment, augment_seed, drop_last: as :class:`ChipDataModule`.
+        batch_size, num_workers, augment, augment_seed, drop_last, inputs, targets: as
+            :class:`ChipDataModule` (``inputs``/``targets``: the layers learnt from and to).
     """
 
     def __init__(
@@ -125,6 +126,8 @@ class SynthWorldDataModule(ChipDataModule):
         augment: bool = True,
         augment_seed: int | None = None,
         drop_last: bool = False,
+        inputs: list[str] | None = None,
+        targets: list[str] | None = None,
     ) -> None:
         scene = SceneConfig(size=size, seed=seed, relief=relief, pixel_size=pixel_size)
         prep = PrepareConfig(
@@ -143,4 +146,6 @@ class SynthWorldDataModule(ChipDataModule):
             augment=augment,
             augment_seed=augment_seed,
             drop_last=drop_last,
+            inputs=inputs,
+            targets=targets,
         )

@@ -73,14 +73,18 @@ class _Reference:
 
 
 class _Blender:
-    """Weighted sums of overlapping windows over one strip of rows, flushed when final."""
+    """Weighted sums of overlapping windows of one output layer over one strip of rows,
+    flushed when final. ``channels`` value bands, then as many TTA std bands with ``tta``;
+    ``relative`` windows are offset (on their first channel) before blending."""
 
-    def __init__(self, grid, dst, win, n_out, relative, ref) -> None:
+    def __init__(self, grid, dst, win, channels, relative, ref, tta=False) -> None:
         self.grid, self.dst, self.win = grid, dst, win
+        self.channels, self.tta = channels, tta
         self.relative, self.ref = relative, ref
         self.weight = blend_weight(win)
         W = grid.width
-        self.acc = np.zeros((n_out, win, W), np.float64)  # height, then TTA std
+        n_out = channels * (2 if tta else 1)
+        self.acc = np.zeros((n_out, win, W), np.float64)  # values, then TTA std
         self.wsum = np.zeros((win, W), np.float64)
         self.bad = np.zeros((win, W), bool)
         self.top = 0  # scene row of the strip's first row
@@ -103,18 +107,18 @@ class _Blender:
 
     def add(self, r: int, cols: list[int], outs: list) -> None:
         """Blend the predicted windows (readers' ``_Window``) at row ``r``, columns ``cols``."""
-        H, win = self.grid.height, self.win
+        H, win, c_n = self.grid.height, self.win, self.channels
         h = min(win, H - r)
         rr = r - self.top
         for c, out in zip(cols, outs, strict=True):
-            w = out.metres.shape[1]
-            metres = out.metres
+            w = out.values.shape[-1]
+            values = out.values
             if self.relative:
-                metres = metres + self._offset(metres, ~out.invalid, r, c)
+                values = values + self._offset(values[0], ~out.invalid, r, c)
             wt = self.weight[:h, :w]
-            self.acc[0, rr : rr + h, c : c + w] += metres * wt
+            self.acc[:c_n, rr : rr + h, c : c + w] += values * wt
             if out.std is not None:
-                self.acc[1, rr : rr + h, c : c + w] += out.std * wt
+                self.acc[c_n:, rr : rr + h, c : c + w] += out.std * wt
             self.wsum[rr : rr + h, c : c + w] += wt
             self.bad[rr : rr + h, c : c + w] |= out.invalid
 

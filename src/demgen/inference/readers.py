@@ -1,21 +1,31 @@
-"""Window readers of scene prediction: read input windows, mark and fill invalid pixels, run
-the network, return heights in metres.
+"""The window reader of scene prediction, for every task: read each named input layer's
+window, mark and fill its invalid pixels, run ``task.predict_batch`` (with TTA), return each
+output layer in its unit.
 
-**Invalid input pixels** are those where any band the model reads is not finite (NaN,
-inf), equals the file's nodata value, or is masked by a GDAL mask band (an internal or
-external ``.msk`` mask, an alpha band; what ``ds.read_masks()`` reports). Before the
-network they take the image fill of :func:`demgen.data.fill.image_fill_value` (0 in
-normalized units: each band's training mean for ``band-zscore``), the same fill training
-uses for the invalid pixels of its chips, so no NaN ever reaches a network and a hole
-changes predictions only within the network's receptive field of it. A constant fill is
-used rather than an inpainted one because it is the same whatever the window around the
-hole. Exactly the invalid pixels are returned as invalid (no dilation); the blender writes
-them as nodata.
+**Bands** of a layer (:class:`~demgen.tasks.spec.LayerSpec`) are found by band description
+(:func:`band_indices`); a single-channel layer reads band 1 of a single-band raster, and a
+raster without any band description is read in order when its band count is the layer's.
+
+**Invalid input pixels** are those where any band a layer reads is not finite (NaN, inf),
+equals the file's nodata value, or is masked by a GDAL mask band (an internal or external
+``.msk`` mask, an alpha band; what ``ds.read_masks()`` reports). Before the task they take
+the task's fill for the layer (``task.fill_values``: for an image, the stored value that
+normalizes to :func:`demgen.data.fill.image_fill_value`, the fill training uses for the
+invalid pixels of its chips, so no NaN ever reaches a network and a hole changes
+predictions only within the network's receptive field of it; the task applies the
+normalized fill again where ``valid`` is False, so the numbers are exactly training's). A
+constant fill is used rather than an inpainted one because it is the same whatever the
+window around the hole. A window's output pixels are invalid exactly where any input layer
+without ``gaps`` is invalid (no dilation); the blender writes them as nodata.
+
+**TTA** runs the task on the 8 flips/rotations of every input (and validity) and undoes
+each on every output: the mean is the output, the standard deviation its spread.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,14 +33,16 @@ from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from demgen.data.augment import dihedral, dihedral_inverse
-from demgen.data.fill import fill_invalid
+from demgen.errors import InputError
+from demgen.tasks.spec import LayerSpec
 
 
 @dataclass
 class _Window:
-    """What a reader returns for one window: heights in metres and where the input is bad."""
+    """One output layer of one window: values (C, h, w) in the layer's unit, their TTA
+    standard deviation (C, h, w) or None, and where the inputs are invalid (h, w)."""
 
-    metres: np.ndarray
+    values: np.ndarray
     std: np.ndarray | None
     invalid: np.ndarray
 
@@ -51,20 +63,6 @@ def _autocast(device: str, amp_dtype: torch.dtype | None):
         dtype=amp_dtype or torch.float32,
         enabled=amp_dtype is not None,
     )
-
-
-def _tta_runs(
-    fn, tensors: dict[str, torch.Tensor], tta: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean and (with ``tta``) std over the 8 flips/rotations of ``fn(tensors)`` (B, h, w)."""
-    if not tta:
-        return fn(tensors).cpu().numpy(), None
-    outs = []
-    for k in range(8):
-        out = fn({name: dihedral(t, k) for name, t in tensors.items()})
-        outs.append(dihedral_inverse(out, k))
-    stack = torch.stack(outs)
-    return stack.mean(dim=0).cpu().numpy(), stack.std(dim=0, unbiased=False).cpu().numpy()
 
 
 def has_mask_band(ds, bands: list[int]) -> bool:
@@ -90,132 +88,102 @@ def invalid_pixels(ds, bands: list[int], block: np.ndarray, window: Window) -> n
     return bad
 
 
-class _ImageReader:
-    """Reads image windows and runs an image -> heights task (regression, pix2pix, drpan)."""
-
-    def __init__(self, task, src, band_idx, device, amp_dtype, tta) -> None:
-        self.task, self.src, self.band_idx = task, src, band_idx
-        self.device, self.amp_dtype, self.tta = device, amp_dtype, tta
-        self.norm = task.elevation_norm
-        self.relative = bool(task.relative)
-
-    def __call__(self, windows: list[Window]) -> list[_Window]:
-        return self.run(self.load(windows))
-
-    def load(self, windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
-        """Read, normalize and fill a batch of windows (the I/O half, run ahead in a thread):
-        the network input (B, C, h, w) and the invalid pixels (B, h, w)."""
-        xs, bad = [], []
-        for w in windows:
-            raw = self.src.read(self.band_idx, window=w)  # nodata compared in the file's dtype
-            invalid = invalid_pixels(self.src, self.band_idx, raw, w)
-            x = np.asarray(self.task.image_norm.apply(raw.astype(np.float32)), np.float32)
-            xs.append(fill_invalid(x, ~invalid[None], self.task.image_fill))
-            bad.append(invalid)
-        return np.ascontiguousarray(np.stack(xs), dtype=np.float32), np.stack(bad)
-
-    def run(self, loaded: tuple[np.ndarray, np.ndarray]) -> list[_Window]:
-        """Predict a loaded batch: heights in metres and invalid pixels per window."""
-        x, invalid = loaded
-        xt = torch.from_numpy(x).to(self.device)
-        z, z_std = _tta_runs(lambda t: self._run(t["image"]), {"image": xt}, self.tta)
-        out = []
-        for j in range(len(invalid)):
-            # Relative (per-chip) models: heights up to an offset the blender decides.
-            metres = self.norm.inverse(z[j], 0.0) if self.relative else self.norm.inverse(z[j])
-            std = None if z_std is None else z_std[j] * self.norm.metres_per_unit
-            out.append(_Window(np.asarray(metres, np.float64), std, invalid[j]))
-        return out
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = _pad_to(x, self.task.size_multiple)
-        with torch.inference_mode(), _autocast(self.device, self.amp_dtype):
-            return self.task(x).float()[:, 0, :h, :w]
+def band_indices(layer: LayerSpec, ds, path: str | Path) -> list[int]:
+    """1-based indices of ``layer``'s bands in ``ds``: matched by band description; band 1
+    of a single-band raster for a single-channel layer; in order for a raster whose bands
+    have no description and whose count is the layer's. InputError naming what is missing."""
+    names = [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+    if all(b in names for b in layer.bands):
+        return [names.index(b) + 1 for b in layer.bands]
+    undescribed = not any(ds.descriptions)
+    if ds.count == layer.channels and (layer.channels == 1 or undescribed):
+        return list(range(1, layer.channels + 1))
+    missing = [b for b in layer.bands if b not in names]
+    raise InputError(
+        f"{path}: bands {missing} required by the model's input {layer.name!r} are not in "
+        f"the raster (it has {names})"
+    )
 
 
-class _RefineReader:
-    """Reads the named input layers of a refinement task and returns refined heights.
+class _SceneReader:
+    """Reads every input layer of a task window by window and runs ``task.predict_batch``.
 
-    ``layers`` maps each input name to an open dataset on the output grid: ``ortho1``
-    (the image, bands as the checkpoint's), and each extra layer the task stacks. Invalid
-    image pixels (see the module docstring) are filled and returned as invalid; an extra
-    layer's invalid pixels (non-finite, nodata, masked) are NaN, then 0 with
-    ``extra_valid`` False, and invalid in the output unless the layer is a "gaps" layer
-    (the initial DSM), whose holes the task fills.
+    ``layers`` maps each input name of ``task.spec`` to an open dataset on the output grid and
+    ``bands`` to the 1-based bands read from it.
     """
 
-    def __init__(self, task, layers, device, amp_dtype, tta) -> None:
-        self.task, self.layers = task, layers
+    def __init__(self, task, layers, bands, device, amp_dtype, tta) -> None:
+        self.task, self.layers, self.bands = task, layers, bands
         self.device, self.amp_dtype, self.tta = device, amp_dtype, tta
-        self.relative = False
-        img = layers["ortho1"]
-        names = [d or f"band{i + 1}" for i, d in enumerate(img.descriptions)]
-        self.image_bands = [names.index(b) + 1 for b in task.bands]
+        self.spec = task.spec
+        self.fills = {
+            la.name: np.asarray(task.fill_values(la.name), np.float32).reshape(-1, 1, 1)
+            for la in self.spec.inputs
+        }
 
-    def _extra_channel(self, e: dict, window: Window) -> np.ndarray:
-        ds = self.layers[e.get("layer", e["name"])]
-        band = 1
-        if ds.count > 1:  # a multi-band layer stored band by band (ortho2_B2 ...)
-            names = [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
-            wanted = e.get("band") or e["name"].rsplit("_", 1)[-1]
-            band = names.index(wanted) + 1 if wanted in names else 1
-        raw = ds.read(band, window=window)
-        a = raw.astype(np.float32)
-        a[invalid_pixels(ds, [band], raw[None], window)] = np.nan
-        return a
-
-    def __call__(self, windows: list[Window]) -> list[_Window]:
+    def __call__(self, windows: list[Window]) -> list[dict[str, _Window]]:
         return self.run(self.load(windows))
 
-    def load(self, windows: list[Window]) -> dict[str, np.ndarray]:
-        """Read and stack every input layer of a batch of windows (the I/O half)."""
-        task = self.task
-        needed = {e.get("layer", e["name"]) for e in task.extras} & set(self.layers)
-        img_ds = self.layers["ortho1"]
-        images, extras, invalid = [], [], []
+    def load(self, windows: list[Window]) -> dict[str, dict[str, np.ndarray] | np.ndarray]:
+        """Read and fill a batch of windows (the I/O half, run ahead in a thread): each input
+        (B, C, h, w) in its unit, its validity (B, 1, h, w) and the output's invalid pixels."""
+        inputs: dict[str, list[np.ndarray]] = {la.name: [] for la in self.spec.inputs}
+        valid: dict[str, list[np.ndarray]] = {la.name: [] for la in self.spec.inputs}
+        invalid = []
         for w in windows:
-            raw = img_ds.read(self.image_bands, window=w)
-            blk = raw.astype(np.float32)
-            ext = np.stack([
-                self._extra_channel(e, w) if e.get("layer", e["name"]) in needed
-                else np.full(blk.shape[1:], np.nan, np.float32)
-                for e in task.extras
-            ])  # fmt: skip
-            bad = invalid_pixels(img_ds, self.image_bands, raw, w)
-            # Holes of "gap" layers (the initial DSM) are filled by the task, not masked.
-            for i, e in enumerate(task.extras):
-                if e.get("layer", e["name"]) in needed and not e.get("gaps", False):
-                    bad |= ~np.isfinite(ext[i])
-            x = np.asarray(task.image_norm.apply(blk), np.float32)
-            images.append(fill_invalid(x, ~bad[None], task.image_fill))
-            extras.append(ext)
-            invalid.append(bad)
-        return {"image": np.stack(images), "extra": np.stack(extras), "invalid": np.stack(invalid)}
-
-    def run(self, loaded: dict[str, np.ndarray]) -> list[_Window]:
-        """Refine a loaded batch: heights in metres and invalid pixels per window."""
-        invalid = loaded["invalid"]
-        t = {
-            "image": torch.from_numpy(loaded["image"]).float().to(self.device),
-            "extra": torch.from_numpy(loaded["extra"]).float().to(self.device),
-            "mask": torch.from_numpy(~invalid)[:, None].to(self.device),
+            bad_out = np.zeros((int(w.height), int(w.width)), bool)
+            for la in self.spec.inputs:
+                ds, idx = self.layers[la.name], self.bands[la.name]
+                raw = ds.read(idx, window=w)  # nodata compared in the file's dtype
+                bad = invalid_pixels(ds, idx, raw, w)
+                x = raw.astype(np.float32)
+                inputs[la.name].append(
+                    np.where(bad[None] | ~np.isfinite(x), self.fills[la.name], x)
+                )
+                valid[la.name].append(~bad[None])
+                if not la.gaps:
+                    bad_out |= bad
+            invalid.append(bad_out)
+        return {
+            "inputs": {n: np.ascontiguousarray(np.stack(v), np.float32) for n, v in inputs.items()},
+            "valid": {n: np.stack(v) for n, v in valid.items()},
+            "invalid": np.stack(invalid),
         }
-        t["extra_valid"] = torch.isfinite(t["extra"])
-        t["extra"] = torch.nan_to_num(t["extra"], nan=0.0, posinf=0.0, neginf=0.0)
-        mean, std = _tta_runs(self._run, t, self.tta)
+
+    def run(self, loaded) -> list[dict[str, _Window]]:
+        """Predict a loaded batch: each output layer, per window, in its unit."""
+        dev = self.device
+        inputs = {n: torch.from_numpy(a).to(dev) for n, a in loaded["inputs"].items()}
+        valid = {n: torch.from_numpy(a).to(dev) for n, a in loaded["valid"].items()}
+        if not self.tta:
+            mean, std = {k: v.double() for k, v in self._run(inputs, valid).items()}, None
+        else:
+            runs = []
+            for k in range(8):
+                out = self._run({n: dihedral(t, k) for n, t in inputs.items()},
+                                {n: dihedral(t, k) for n, t in valid.items()})  # fmt: skip
+                runs.append({n: dihedral_inverse(t, k).double() for n, t in out.items()})
+            stacks = {n: torch.stack([r[n] for r in runs]) for n in runs[0]}
+            mean = {n: s.mean(dim=0) for n, s in stacks.items()}
+            std = {n: s.std(dim=0, unbiased=False) for n, s in stacks.items()}
+        invalid = loaded["invalid"]
+        mean_np = {n: t.cpu().numpy() for n, t in mean.items()}
+        std_np = None if std is None else {n: t.cpu().numpy() for n, t in std.items()}
         return [
-            _Window(mean[j].astype(np.float64), None if std is None else std[j], invalid[j])
+            {
+                n: _Window(mean_np[n][j], None if std_np is None else std_np[n][j], invalid[j])
+                for n in mean_np
+            }
             for j in range(len(invalid))
         ]
 
-    def _run(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        h, w = t["image"].shape[-2:]
-        m = self.task.size_multiple
-        if h % m or w % m:  # pad every layer alike (edge values), crop the result
-            t = {
-                k: _pad_to(v.float(), m)[0].to(v.dtype) if v.dtype != torch.bool
-                else _pad_to(v.float(), m)[0] > 0.5
-                for k, v in t.items()
-            }  # fmt: skip
+    def _run(self, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]):
+        """``predict_batch`` on inputs reflect-padded to the window multiple, cropped back."""
+        h, w = next(iter(inputs.values())).shape[-2:]
+        m = self.spec.window_multiple
+        if h % m or w % m:
+            inputs = {n: _pad_to(t, m)[0] for n, t in inputs.items()}
+            valid = {n: _pad_to(t.float(), m)[0] > 0.5 for n, t in valid.items()}
         with torch.inference_mode(), _autocast(self.device, self.amp_dtype):
-            return self.task.refine_metres(t).float()[:, 0, :h, :w]
+            out = self.task.predict_batch(inputs, valid)
+        return {n: t.float()[..., :h, :w] for n, t in out.items()}

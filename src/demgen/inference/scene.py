@@ -1,40 +1,45 @@
-"""Predict a whole scene window by window, blend overlaps, stream a GeoTIFF in metres.
+"""Predict a whole scene window by window, blend overlaps, stream one GeoTIFF per output.
 
-Windows overlap (25 % by default) and are blended with a smooth (Hann) weight, so
-no seams appear at window borders (:mod:`demgen.inference.blend`). Only one strip of
-rows, one window tall, is held in memory at a time; the output keeps the input's CRS and
-transform, records the vertical datum the model was trained on (the ``vertical_crs`` tag)
-and appears on disk only when complete.
+One :func:`predict_scene` serves every task: it reads the named input layers of the task's
+:class:`~demgen.tasks.spec.TaskSpec` (``task.spec``) window by window, the first input's grid
+being the output grid (other inputs on another grid are warped onto it, bilinear), and runs
+``task.predict_batch`` (:mod:`demgen.inference.readers`). Windows overlap (25 % by default)
+and are blended with a smooth (Hann) weight, so no seams appear at window borders
+(:mod:`demgen.inference.blend`). Only one strip of rows, one window tall, is held in memory
+at a time; each output keeps the grid input's CRS and transform, has its band descriptions
+and unit, records the vertical datum the model was trained on (the ``vertical_crs`` tag) when
+its unit is metres, and appears on disk only when complete.
 
-Invalid input pixels (NaN/inf, the file's nodata value, GDAL mask bands) are filled with
-the training image fill before the network and are exactly the nodata (-9999) pixels of
-the output; no output band holds a NaN (:mod:`demgen.inference.readers`). An image without
-a single valid pixel is refused (InputError) and nothing is written.
+Invalid input pixels (NaN/inf, the file's nodata value, GDAL mask bands) are filled with the
+task's fill before the network and are exactly the nodata (-9999) pixels of the outputs
+(except the holes of inputs the task fills itself, ``gaps``); no output band holds a NaN. A
+grid without a single valid pixel is refused (InputError) and nothing is written.
 
-Relative models (per-chip normalizations such as ``global-shift``) predict heights
-up to an unknown offset per window, so their default window is the training chip size
-(the extent the offset is defined over). With a coarse reference DEM each window's
-offset makes its mean match the reference's over the pixels valid in both; without
-one, each window is offset to agree with the windows already blended where they
-overlap, and the output is labelled relative.
+Relative outputs (``LayerSpec.relative``: per-chip normalizations such as ``global-shift``)
+are heights up to an unknown offset per window, so the default window of such a task is the
+training chip size (the extent the offset is defined over). With a coarse reference DEM
+(the ``reference`` keyword, CLI ``--reference``) each window's offset makes its mean match
+the reference's over the pixels valid in both; without one, each window is offset to agree
+with the windows already blended where they overlap, and the output is labelled relative.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import Resampling
 from tqdm.auto import tqdm
 
-from demgen.errors import CheckpointError, InputError, first_line
+from demgen.errors import InputError
 from demgen.inference.blend import NODATA, _Blender, _Reference, blend_weight, window_starts
-from demgen.inference.readers import _ImageReader, _RefineReader
+from demgen.inference.readers import _SceneReader, band_indices
 from demgen.io.geodesy import VERTICAL_CRS_TAG
 from demgen.io.raster import (
     bounded_gdal_cache,
@@ -46,16 +51,18 @@ from demgen.io.raster import (
 )
 from demgen.models.fusion import fuse_conv_bn
 from demgen.precision import autocast_dtype, default_device, resolve_precision
-from demgen.tasks.common import DEMTask
+from demgen.tasks.registry import load_task  # re-exported: loading lives with the tasks
+from demgen.tasks.spec import LayerSpec, TaskSpec
 
 __all__ = [
     "NODATA",
     "blend_weight",
     "default_window",
     "load_task",
+    "output_files",
     "output_paths",
-    "predict_refine_scene",
     "predict_scene",
+    "resolve_inputs",
     "window_starts",
 ]
 
@@ -63,13 +70,9 @@ RESOLUTION_TOLERANCE = 0.02  # relative pixel-size mismatch accepted without --a
 
 
 def default_window(task) -> int:
-    """The window side (px) used when none is given: the training chip size for relative
-    (per-chip) models and refinement, whose offset or residual scale is defined per chip,
-    else twice the chip size (fewer windows, more context)."""
-    chip = int(task.hparams.chip_size)
-    if getattr(task, "task_name", "") == "refine" or getattr(task, "relative", False):
-        return chip
-    return 2 * chip
+    """The window side (px) used when none is given: the task's ``spec.window`` (the training
+    chip size for relative models and refinement, else twice it)."""
+    return int(task.spec.window)
 
 
 def _window_rows(
@@ -78,18 +81,6 @@ def _window_rows(
     cols = window_starts(width, window, stride)
     for r in window_starts(height, window, stride):
         yield r, cols
-
-
-def _band_indices(task, src: DatasetReader, path: Path) -> list[int]:
-    """1-based indices of the model's bands in ``src``, matched by band description."""
-    names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
-    missing = [b for b in task.bands if b not in names]
-    if missing:
-        raise InputError(
-            f"{path}: bands {missing} required by the model are not in the image "
-            f"(image has {names})"
-        )
-    return [names.index(b) + 1 for b in task.bands]
 
 
 def _check_grid(task, src: DatasetReader, path: Path, any_res: bool) -> None:
@@ -118,9 +109,52 @@ def _prepare(task, device: str | None, precision: str):
     return task, device, amp_dtype
 
 
+def resolve_inputs(spec: TaskSpec, inputs: Mapping[str, str | Path] | str | Path) -> dict:
+    """``{input name: path}`` for every input of ``spec``: a plain path is the shorthand for
+    the first (for a one-input task, the only) input. One-line InputError for an unknown
+    name or a missing input, listing what the checkpoint needs."""
+    if isinstance(inputs, str | Path):
+        inputs = {spec.inputs[0].name: inputs}
+    needed = spec.input_names
+    unknown = [n for n in inputs if n not in needed]
+    if unknown:
+        raise InputError(f"unknown input {unknown[0]!r}: the checkpoint reads {needed}")
+    missing = [n for n in needed if n not in inputs]
+    if missing:
+        raise InputError(
+            f"the checkpoint needs inputs {needed}; missing {missing} "
+            "(pass each as --input NAME=PATH)"
+        )
+    return {n: Path(inputs[n]) for n in needed}
+
+
+def output_files(spec: TaskSpec, output: str | Path) -> dict[str, Path]:
+    """Where each output layer is written: ``output`` itself for a one-output task; for
+    several, ``<output stem>_<layer name><output suffix>`` beside it (``pred.tif`` ->
+    ``pred_dtm.tif``, ``pred_image.tif``)."""
+    output = Path(output)
+    if len(spec.outputs) == 1:
+        return {spec.outputs[0].name: output}
+    suffix = output.suffix or ".tif"
+    return {la.name: output.with_name(f"{output.stem}_{la.name}{suffix}") for la in spec.outputs}
+
+
+def _on_grid(stack: contextlib.ExitStack, ds: DatasetReader, grid: DatasetReader, path: Path):
+    """``ds`` itself when on ``grid``'s grid, else a bilinear WarpedVRT of it onto that grid."""
+    if ds.crs is None:
+        raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+    if ds.crs == grid.crs and ds.transform.almost_equals(grid.transform) and ds.shape == grid.shape:
+        return ds
+    return stack.enter_context(WarpedVRT(
+        ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+        resampling=Resampling.bilinear, src_nodata=ds.nodata,
+        nodata=ds.nodata if ds.nodata is not None else np.nan,
+    ))  # fmt: skip
+
+
 def predict_scene(
-    task: DEMTask,
-    image_path: str | Path,
+    task,
+    inputs: Mapping[str, str | Path] | str | Path,
     out_path: str | Path,
     *,
     window: int | None = None,
@@ -134,140 +168,102 @@ def predict_scene(
     any_resolution: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Predict heights (metres) for every pixel of ``image_path`` and write ``out_path``.
+    """Predict every output layer of ``task`` over the scene of its named ``inputs``.
 
-    Band 1 is the height; with ``tta`` band 2 is the per-pixel standard deviation
-    (metres) across the 8 flips/rotations. Pixels whose input is invalid (non-finite, the
-    nodata value, masked by a GDAL mask band) are filled before the network (see
-    :mod:`demgen.inference.readers`) and written as nodata (-9999), exactly those pixels;
-    no band holds a NaN. An image with no valid pixel raises InputError and writes
-    nothing. ``window`` defaults to :func:`default_window`.
+    ``inputs`` maps each input name of ``task.spec`` to a raster (a plain path: the first
+    input, the shorthand for one-input tasks); the first input's grid is the output grid and
+    its pixel size is checked against the training data's (``any_resolution`` skips that).
+    Each output layer is one GeoTIFF (:func:`output_files`: ``out_path`` itself for one
+    output) with its channels, then with ``tta`` as many bands of their standard deviation
+    across the 8 flips/rotations (``tta_std``). Invalid input pixels are filled before the
+    task and written as nodata (-9999), exactly those pixels; no band holds a NaN. A scene
+    with no valid pixel raises InputError and writes nothing. ``window`` defaults to
+    :func:`default_window`; ``reference`` (a coarse DEM) anchors relative outputs. Returns
+    the path of the first output.
     """
-    if getattr(task, "task_name", "") == "refine":
-        raise InputError(
-            "a refinement checkpoint needs its named input layers: use predict_refine_scene "
-            "(CLI: --layer NAME=PATH)"
-        )
+    spec = task.spec
+    paths = resolve_inputs(spec, inputs)
+    outs = output_files(spec, out_path)
     task, device, amp_dtype = _prepare(task, device, precision)
-    image_path = Path(image_path)
-    with bounded_gdal_cache(), open_raster(image_path) as src:
-        _check_grid(task, src, image_path, any_resolution)
-        reader = _ImageReader(task, src, _band_indices(task, src, image_path), device,
-                              amp_dtype, tta)  # fmt: skip
-        ref = _Reference(reference, src) if reference is not None and reader.relative else None
-        return _predict(task, reader, src, out_path, window=window or default_window(task),
-                        overlap=overlap, batch_size=batch_size, tta=tta, ref=ref, cog=cog,
-                        progress=progress, source=image_path)  # fmt: skip
-
-
-def predict_refine_scene(
-    task: DEMTask,
-    layers: dict[str, str | Path],
-    out_path: str | Path,
-    *,
-    window: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    precision: str = "auto",
-    device: str | None = None,
-    tta: bool = False,
-    cog: bool = False,
-    any_resolution: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Refine a DSM over a whole scene from the named layers a refinement checkpoint stacks.
-
-    ``layers`` maps input names to rasters: ``ortho1`` (the image; the output takes its
-    grid) and every extra layer the checkpoint uses (``initial_dsm``, ``ortho2``,
-    ``triangulation_error``, ...). Layers on another grid are warped onto the image's
-    (bilinear). Windows default to the training chip size, the scale of the residual
-    normalization. Invalid pixels are handled as in :func:`predict_scene` (an extra
-    layer's invalid pixels are nodata in the output too, except the holes of the initial
-    DSM, which the task fills).
-    """
-    from rasterio.vrt import WarpedVRT
-
-    needed = sorted({e.get("layer", e["name"]) for e in task.extras
-                     if e.get("layer", e["name"]) in task.hparams.inputs} | {"ortho1"})  # fmt: skip
-    missing = [n for n in needed if n not in layers]
-    if missing:
-        raise InputError(
-            f"the refinement checkpoint needs layers {needed}; missing {missing} "
-            "(pass them as NAME=PATH)"
-        )
-    task, device, amp_dtype = _prepare(task, device, precision)
+    first = spec.inputs[0].name
     with contextlib.ExitStack() as stack:
         stack.enter_context(bounded_gdal_cache())
-        img_path = Path(layers["ortho1"])
-        img = stack.enter_context(open_raster(img_path))
-        _check_grid(task, img, img_path, any_resolution)
-        _band_indices(task, img, img_path)
-        opened = {"ortho1": img}
-        for name in needed:
-            if name == "ortho1":
-                continue
-            ds = stack.enter_context(open_raster(layers[name]))
-            if ds.crs is None:
-                raise InputError(f"{layers[name]}: raster has no CRS (georeferencing is required)")
-            if not (ds.crs == img.crs and ds.transform.almost_equals(img.transform)
-                    and ds.shape == img.shape):  # fmt: skip
-                ds = stack.enter_context(WarpedVRT(
-                    ds, crs=img.crs, transform=img.transform, width=img.width,
-                    height=img.height, resampling=Resampling.bilinear,
-                    src_nodata=ds.nodata, nodata=ds.nodata if ds.nodata is not None else np.nan,
-                ))  # fmt: skip
-            opened[name] = ds
-        reader = _RefineReader(task, opened, device, amp_dtype, tta)
-        return _predict(task, reader, img, out_path, window=window or default_window(task),
-                        overlap=overlap, batch_size=batch_size, tta=tta, ref=None, cog=cog,
-                        progress=progress, source=img_path)  # fmt: skip
+        grid = stack.enter_context(open_raster(paths[first]))
+        _check_grid(task, grid, paths[first], any_resolution)
+        opened, bands = {}, {}
+        for la in spec.inputs:
+            ds = grid if la.name == first else stack.enter_context(open_raster(paths[la.name]))
+            bands[la.name] = band_indices(la, ds, paths[la.name])
+            opened[la.name] = ds if la.name == first else _on_grid(stack, ds, grid, paths[la.name])
+        reader = _SceneReader(task, opened, bands, device, amp_dtype, tta)
+        relative = any(la.relative for la in spec.outputs)
+        ref = _Reference(reference, grid) if reference is not None and relative else None
+        _predict(task, reader, grid, outs, window=window or default_window(task),
+                 overlap=overlap, batch_size=batch_size, tta=tta, ref=ref, cog=cog,
+                 progress=progress, source=paths[first])  # fmt: skip
+    return outs[spec.outputs[0].name]
 
 
-def _predict(task, reader, grid, out_path, *, window, overlap, batch_size, tta, ref, cog,
-             progress, source) -> Path:  # fmt: skip
-    """Stream blended windows over ``grid`` (an open dataset) into a GeoTIFF at ``out_path``;
-    InputError naming ``source`` (and no file) when no pixel of it is valid."""
+def _output_meta(task, layer: LayerSpec, anchored: bool, tta: bool):
+    """Band descriptions, units and dataset tags of one output layer's GeoTIFF."""
+    names = [layer.name if anchored else f"relative {layer.name}"] if layer.channels == 1 else (
+        list(layer.bands))  # fmt: skip
+    if tta:
+        names += ["tta_std"] if layer.channels == 1 else [f"{b}_tta_std" for b in layer.bands]
+    tags = {"demgen_output": layer.name, "units": layer.unit}
+    if layer.unit == "metre":
+        tags |= {"demgen_target": layer.name,
+                 "heights": "absolute" if anchored else "relative",
+                 VERTICAL_CRS_TAG: str(task.hparams.get("vertical_crs") or "unknown")}  # fmt: skip
+    return names, [layer.unit] * len(names), tags
+
+
+def _predict(task, reader, grid, outs, *, window, overlap, batch_size, tta, ref, cog,
+             progress, source) -> None:  # fmt: skip
+    """Stream blended windows over ``grid`` (an open dataset) into one GeoTIFF per output
+    (``outs``: name -> path); InputError naming ``source`` (and no file) when no pixel of it
+    is valid."""
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
     H, W = grid.height, grid.width
-    win = min(window, H, W) if min(H, W) >= task.size_multiple else window
+    win = min(window, H, W) if min(H, W) >= reader.spec.window_multiple else window
     stride = max(1, int(round(win * (1 - overlap))))
-    n_out = 2 if tta else 1
-    profile = geotiff_profile(
-        width=W, height=H, count=n_out, dtype="float32",
-        crs=grid.crs, transform=grid.transform, nodata=NODATA,
-    )  # fmt: skip
-    absolute = not reader.relative or ref is not None
-    target = task.hparams.target
-    descriptions = [target if absolute else f"relative {target}"] + (["tta_std"] if tta else [])
-    tags = {"demgen_target": target, "units": "metre",
-            "heights": "absolute" if absolute else "relative",
-            VERTICAL_CRS_TAG: str(task.hparams.get("vertical_crs") or "unknown")}  # fmt: skip
     rows = list(_window_rows(H, W, win, stride))
     bar = tqdm(total=sum(len(c) for _, c in rows), desc="predict", unit="win",
                disable=not progress)  # fmt: skip
-    final_path = Path(out_path)
     # A COG is made from a finished GeoTIFF: stage that one beside the output.
-    tiff_path = final_path.with_name(f".{final_path.name}.stage.tif") if cog else final_path
+    staged = {n: p.with_name(f".{p.name}.stage.tif") if cog else p for n, p in outs.items()}
     try:
-        with open_writer(tiff_path, profile, descriptions=descriptions,
-                         units=["metre"] * n_out, tags=tags) as dst:  # fmt: skip
-            blender = _Blender(grid, dst, win, n_out, reader.relative, ref)
-            _run_pipeline(rows, batch_size, blender, reader, H, bar)
-            if blender.n_valid == 0:  # raised inside the writer: no file appears
+        with contextlib.ExitStack() as writers:
+            blenders = {}
+            for la in reader.spec.outputs:
+                lref = ref if la.relative else None
+                anchored = not la.relative or lref is not None
+                names, units, tags = _output_meta(task, la, anchored, tta)
+                profile = geotiff_profile(
+                    width=W, height=H, count=len(names), dtype="float32",
+                    crs=grid.crs, transform=grid.transform, nodata=NODATA,
+                )  # fmt: skip
+                writer = open_writer(staged[la.name], profile, descriptions=names, units=units,
+                                     tags=tags)  # fmt: skip
+                dst = writers.enter_context(writer)
+                blenders[la.name] = _Blender(grid, dst, win, la.channels, la.relative, lref, tta)
+            _run_pipeline(rows, batch_size, blenders, reader, H, bar)
+            if next(iter(blenders.values())).n_valid == 0:  # inside the writers: no file
                 raise InputError(
                     f"{source}: no valid pixel (every pixel is nodata, masked or not finite)"
                 )
         if cog:
-            write_cog(tiff_path, final_path)
+            for name, final in outs.items():
+                write_cog(staged[name], final)
     finally:
         bar.close()
         if cog:
-            tiff_path.unlink(missing_ok=True)
-    return final_path
+            for tiff in staged.values():
+                tiff.unlink(missing_ok=True)
 
 
-def _run_pipeline(rows, batch_size, blender, reader, H, bar) -> None:
+def _run_pipeline(rows, batch_size, blenders, reader, H, bar) -> None:
     """Predict and blend every window, row by row, with the I/O in a second thread: while
     the model runs on one batch, the thread reads the next one and writes finished rows
     (GDAL decompresses and compresses there; one thread keeps every dataset single-user)."""
@@ -276,48 +272,28 @@ def _run_pipeline(rows, batch_size, blender, reader, H, bar) -> None:
         for ri, (r, cols) in enumerate(rows)
         for c0 in range(0, len(cols), batch_size)
     ]
+    lead = next(iter(blenders.values()))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demgen-io") as io:
         writes = []
-        pending = io.submit(reader.load, blender.windows(*jobs[0][1:])) if jobs else None
+        pending = io.submit(reader.load, lead.windows(*jobs[0][1:])) if jobs else None
         for i, (ri, r, cols) in enumerate(jobs):
             loaded = pending.result()
             if i + 1 < len(jobs):
-                pending = io.submit(reader.load, blender.windows(*jobs[i + 1][1:]))
+                pending = io.submit(reader.load, lead.windows(*jobs[i + 1][1:]))
             if i == 0 or jobs[i - 1][0] != ri:
-                blender.start_row(r)
-            blender.add(r, cols, reader.run(loaded))
+                for b in blenders.values():
+                    b.start_row(r)
+            outs = reader.run(loaded)
+            for name, b in blenders.items():
+                b.add(r, cols, [o[name] for o in outs])
             bar.update(len(cols))
             if i + 1 == len(jobs) or jobs[i + 1][0] != ri:
                 next_r = rows[ri + 1][0] if ri + 1 < len(rows) else H
-                values, window = blender.finish(next_r)
-                writes.append(io.submit(blender.dst.write, values, window=window))
+                for b in blenders.values():
+                    values, window = b.finish(next_r)
+                    writes.append(io.submit(b.dst.write, values, window=window))
         for w in writes:
             w.result()  # re-raise a failed write
-
-
-def load_task(checkpoint: str | Path, device: str = "cpu") -> DEMTask:
-    """Load a task checkpoint as the class that wrote it (regression, pix2pix, drpan, ...).
-
-    The class is picked by the task name saved in the checkpoint (checkpoints without
-    one are regression). The file is read as data only (``weights_only=True``): a missing,
-    corrupt or code-carrying file, or an unknown task, raises CheckpointError.
-    """
-    from demgen.io.checkpoint import read_checkpoint
-    from demgen.tasks import task_class
-    from demgen.tasks.common import checkpoint_task
-
-    checkpoint = Path(checkpoint)
-    name = checkpoint_task(read_checkpoint(checkpoint))
-    try:
-        cls = task_class(name)
-    except ValueError as exc:
-        raise CheckpointError(f"{checkpoint}: {exc}") from exc
-    try:
-        return cls.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{checkpoint}: not a readable demgen checkpoint ({first_line(exc)})"
-        ) from exc
 
 
 def output_paths(inputs: list[Path], output: Path) -> list[Path]:

@@ -22,10 +22,10 @@ reach. Their validation logs ``val_mae_rel_m``, ``val_rmse_rel_m``, ``val_r2_rel
 :class:`MetresMetrics`), and no ``val_mae_m``; :attr:`DEMTask.monitor` names the metric to
 monitor (``val_mae_rel_m`` for them, ``val_mae_m`` otherwise).
 - :class:`DEMTask` is the base LightningModule: it owns the normalizations, the
-  generator (``self.model``) and the inference interface that ``demgen predict`` and
-  ``demgen export`` use (``forward``, ``bands``, ``size_multiple``, ``image_norm``,
-  ``elevation_norm``, ``hparams.chip_size/target/channels_last``), validates every epoch
-  and records its task name in the checkpoint.
+  generator (``self.model``) and the task contract that ``demgen predict`` and
+  ``demgen export`` use (:mod:`demgen.tasks.spec`: ``spec``, ``fill_values``,
+  ``predict_batch``, ``encode``/``decode``, ``export_description``; image in, heights in
+  metres out), validates every epoch and records its task name in the checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import Metric
@@ -41,6 +42,7 @@ from demgen.data.fill import fill_invalid, image_fill_value
 from demgen.data.normalize import norm_from_dict
 from demgen.losses import masked_ssim
 from demgen.models import build_model
+from demgen.tasks.spec import LayerSpec, TaskSpec
 
 #: ReduceLROnPlateau factor: halve the learning rate when validation MAE stalls.
 PLATEAU_FACTOR = 0.5
@@ -184,6 +186,15 @@ def size_multiple_of(model: nn.Module) -> int:
     return 2 ** int(depth) if depth is not None else 1
 
 
+def stored_fill(image_norm: Any, fill: float) -> tuple[float, ...]:
+    """The image fill in stored units (DN or reflectance), per band: the values that
+    ``image_norm`` maps to the normalized fill ``fill`` (0 for ``band-zscore``: each band's
+    training mean; 0.5 for ``percentile``), so a caller filling invalid pixels with these
+    gives the network exactly what training gave it."""
+    z = np.full((len(image_norm.bands), 1, 1), fill, np.float32)
+    return tuple(float(v) for v in np.asarray(image_norm.inverse(z), np.float64).ravel())
+
+
 def checkpoint_task(checkpoint: dict[str, Any]) -> str:
     """The task name a loaded checkpoint dict was written by (``regression`` for
     checkpoints older than the task key)."""
@@ -255,6 +266,73 @@ class DEMTask(L.LightningModule):
         """Input height and width must be multiples of this."""
         return size_multiple_of(self.model)
 
+    # ------------------------------------------------------------ the task contract
+    @property
+    def default_window(self) -> int:
+        """Prediction window side (px): the chip size for relative (per-chip) models, whose
+        offset is defined over a chip, else twice it (fewer windows, more context)."""
+        chip = int(self.hparams.chip_size)
+        return chip if self.relative else 2 * chip
+
+    @property
+    def spec(self) -> TaskSpec:
+        """Image (stored units) in, heights (metres, ``relative`` for per-chip models) out."""
+        target = str(self.hparams.get("target") or "dtm")
+        bands = tuple(self.bands)
+        return TaskSpec(
+            inputs=(LayerSpec("image", len(bands), bands, "reflectance"),),
+            outputs=(LayerSpec(target, 1, (target,), "metre", relative=self.relative),),
+            window_multiple=self.size_multiple,
+            window=self.default_window,
+        )
+
+    def fill_values(self, name: str) -> tuple[float, ...]:
+        """Per-channel value (in the layer's own units) that invalid pixels of input ``name``
+        take before :meth:`predict_batch` (see :func:`stored_fill`)."""
+        if name != "image":
+            raise KeyError(f"no input layer {name!r} (inputs: {self.spec.input_names})")
+        return stored_fill(self.image_norm, self.image_fill)
+
+    def encode(
+        self, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The network's input (B, C, H, W) from the named inputs in their units: the image
+        normalized, its invalid pixels the normalized fill (exactly as in training)."""
+        x = self.image_norm.apply(inputs["image"].float()).float()
+        return fill_invalid(x, valid["image"], self.image_fill)
+
+    def decode(
+        self, y: torch.Tensor, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The network's output -> each output layer in its unit (metres; for relative
+        models with offset 0, which the blender then anchors)."""
+        offset = 0.0 if self.relative else None
+        name = self.spec.outputs[0].name
+        return {name: self.elevation_norm.inverse(y.float(), offset).float()}
+
+    def predict_batch(
+        self, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Named inputs (B, C, H, W) in their units, invalid pixels already filled with
+        :meth:`fill_values`, and where each is valid (B, 1, H, W) bool -> named outputs
+        (B, C, H, W) in their units. H and W are multiples of ``spec.window_multiple``."""
+        return self.decode(self(self.encode(inputs, valid)), inputs, valid)
+
+    def export_description(self) -> dict[str, Any]:
+        """What an exported network needs beside its graph: ``inputs`` (one entry per
+        channel of :meth:`encode`'s tensor: name, layer, normalization key),
+        ``normalizations`` by key, and ``output`` (how to read the network's output)."""
+        return {
+            "inputs": [
+                {"name": b, "layer": "image", "normalization": "image_norm"} for b in self.bands
+            ],
+            "normalizations": {
+                "image_norm": self.image_norm.to_dict(),
+                "elevation_norm": self.elevation_norm.to_dict(),
+            },
+            "output": "normalized heights (B, 1, H, W); metres = elevation_norm inverse",
+        }
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized image (B, bands, H, W) -> normalized heights (B, 1, H, W)."""
         if self._channels_last:
@@ -306,5 +384,6 @@ __all__ = [
     "plateau_optimizer_config",
     "plateau_scheduler",
     "size_multiple_of",
+    "stored_fill",
     "to_metres",
 ]

@@ -16,103 +16,41 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from demgen.data.fill import fill_invalid
-from demgen.tasks.common import DEMTask, build_generator, plateau_optimizer_config, to_metres
+from demgen.tasks.common import (
+    DEMTask,
+    build_generator,
+    plateau_optimizer_config,
+    stored_fill,
+    to_metres,
+)
+from demgen.tasks.refine_inputs import (
+    ANCHOR,
+    DEFAULT_INPUTS,
+    FIT_CHIPS,
+    NODATA_MASK,
+    NORM_FORMULAS,
+    ORTHO1,
+    _layer_channels,
+    extra_layer_spec,
+    fill_gaps,
+    fit_input_norms,
+)
+from demgen.tasks.spec import LayerSpec, TaskSpec
 
-#: The layer the correction is added to (the residual anchor).
-ANCHOR = "initial_dsm"
-#: The image bands served by the chip store as ``batch["image"]`` go by this input name.
-ORTHO1 = "ortho1"
-#: A channel that is 1 in the anchor's holes (and wherever the chip is invalid), else 0.
-NODATA_MASK = "nodata_mask"
-DEFAULT_INPUTS = (ANCHOR, ORTHO1, "ortho2", "triangulation_error", NODATA_MASK)
-#: Chips sampled from the training split to fit the z-score of value layers.
-FIT_CHIPS = 64
-
-
-def _layer_channels(extras: Sequence[dict[str, Any]], name: str) -> list[int]:
-    """Indices of the store's extra channels that make up input ``name``.
-
-    A single-band layer is matched by its ``name``; a multi-band one (``ortho2`` stored as
-    ``ortho2_B2`` ... ``ortho2_B8``) by its ``layer``.
-    """
-    idx = [i for i, e in enumerate(extras) if e.get("layer", e["name"]) == name]
-    return idx or [i for i, e in enumerate(extras) if e["name"] == name]
-
-
-def fit_input_norms(
-    store: Any, inputs: Sequence[str] = DEFAULT_INPUTS, fold: int | None = None
-) -> dict[str, dict[str, Any]]:
-    """How each named input is normalized, fitted on the store's training split.
-
-    Strategies: ``residual`` (the anchor: ``(h - chip mean of the anchor) / GSF``),
-    ``image`` (the store's image normalization: ``ortho1`` and extra layers with as many bands
-    as the image, e.g. a second ortho of the same sensor), ``relative`` (other height layers:
-    ``(h - anchor chip mean) / GSF``), ``mask`` (``nodata_mask``) and ``zscore`` (other value
-    layers, e.g. triangulation error or NDVI: per-channel mean and std of valid training
-    pixels).
-    """
-    extras = store.extras
-    n_bands = len(store.bands)
-    train = store.indices("train", fold)
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(train, min(FIT_CHIPS, len(train)), replace=False))
-    out: dict[str, dict[str, Any]] = {}
-    for name in inputs:
-        if name == ANCHOR:
-            out[name] = {"strategy": "residual"}
-        elif name == ORTHO1:
-            out[name] = {"strategy": "image"}
-        elif name == NODATA_MASK:
-            out[name] = {"strategy": "mask"}
-        else:
-            ch = _layer_channels(extras, name)
-            if not ch:
-                have = ", ".join(e["name"] for e in extras) or "none"
-                raise ValueError(f"{store.path}: no extra layer {name!r} (extra layers: {have})")
-            if extras[ch[0]].get("kind") == "height":
-                out[name] = {"strategy": "relative"}
-            elif len(ch) == n_bands and len(ch) > 1:
-                out[name] = {"strategy": "image"}
-            else:
-                mean, std = [], []
-                for c in ch:
-                    v = np.asarray(store.extra[sample, c], np.float64)
-                    v = v[np.isfinite(v) & np.asarray(store.mask[sample], bool)]
-                    mean.append(float(v.mean()) if v.size else 0.0)
-                    std.append(float(max(v.std(), 1e-6)) if v.size else 1.0)
-                out[name] = {"strategy": "zscore", "mean": mean, "std": std}
-    return out
-
-
-def fill_gaps(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Fill the gaps of (B, 1, H, W) ``values`` from coarser and coarser block means.
-
-    Each invalid pixel takes the mean of the valid pixels of the smallest dyadic block
-    (2, 4, 8 ... pixels) around it that has any; a chip without valid pixels stays 0. A cheap
-    stand-in for the interpolated hole filling of DeepDEM's inputs, identical at inference.
-    """
-    v = torch.where(valid, values, 0.0)
-    w = valid.to(values.dtype)
-    out, have = v, valid
-    h, wd = values.shape[-2:]
-    s = 2
-    while not bool(have.all()) and s < 2 * max(h, wd):
-        num = F.avg_pool2d(v, s, s, ceil_mode=True)
-        den = F.avg_pool2d(w, s, s, ceil_mode=True)
-        est = F.interpolate(num / den.clamp(min=1e-12), scale_factor=s, mode="nearest")
-        ok = F.interpolate((den > 0).to(values.dtype), scale_factor=s, mode="nearest") > 0
-        est, ok = est[..., :h, :wd], ok[..., :h, :wd]
-        new = ~have & ok
-        out = torch.where(new, est, out)
-        have = have | new
-        s *= 2
-    return out
+__all__ = [
+    "ANCHOR",
+    "DEFAULT_INPUTS",
+    "FIT_CHIPS",
+    "NODATA_MASK",
+    "ORTHO1",
+    "RefineTask",
+    "fill_gaps",
+    "fit_input_norms",
+]
 
 
 class RefineTask(DEMTask):
@@ -295,7 +233,117 @@ class RefineTask(DEMTask):
         return anchor_m + self.gsf * self(x).float()
 
     def predict_metres(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-        raise TypeError("RefineTask needs its named inputs: use refine_metres(batch)")
+        raise TypeError("RefineTask needs its named inputs: use predict_batch(inputs, valid)")
+
+    # ------------------------------------------------------------------ the task contract
+    @property
+    def default_window(self) -> int:
+        """The training chip size: the residual's scale is defined per chip."""
+        return int(self.hparams.chip_size)
+
+    @property
+    def spec(self) -> TaskSpec:
+        """Inputs: ``ortho1`` (the image, first: the grid layer) and each extra input layer in
+        ``inputs`` order (``nodata_mask`` is derived, not read); output: the target in metres,
+        absolute (the correction is added to the initial DSM)."""
+        layers = []
+        for name, strategy, ch in self.plan:
+            if name == ORTHO1:
+                layers.append(LayerSpec(ORTHO1, len(self.bands), tuple(self.bands), "reflectance"))
+            elif name != NODATA_MASK:
+                layers.append(extra_layer_spec(name, strategy, self.extras, ch))
+        layers.sort(key=lambda la: la.name != ORTHO1)
+        target = str(self.hparams.target)
+        return TaskSpec(
+            inputs=tuple(layers),
+            outputs=(LayerSpec(target, 1, (target,), "metre"),),
+            window_multiple=self.size_multiple,
+            window=self.default_window,
+        )
+
+    def fill_values(self, name: str) -> tuple[float, ...]:
+        """``ortho1``: the image fill in stored units; extra layers: 0 (the task zeroes their
+        invalid pixels after normalizing and fills the initial DSM's holes itself)."""
+        layer = self.spec.input(name)
+        if name == ORTHO1:
+            return stored_fill(self.image_norm, self.image_fill)
+        return (0.0,) * layer.channels
+
+    def _batch(
+        self, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Named inputs -> the store-batch form :meth:`stack_inputs` reads: ``image``
+        (normalized), ``extra`` (E channels, stored order) with ``extra_valid``, and ``mask``:
+        valid where every input without ``gaps`` is."""
+        spec = self.spec
+        ref = inputs[spec.inputs[0].name]
+        b, _, h, w = ref.shape
+        mask = torch.ones((b, 1, h, w), dtype=torch.bool, device=ref.device)
+        for la in spec.inputs:
+            if not la.gaps:
+                mask = mask & valid[la.name].bool()
+        ext = torch.zeros((b, len(self.extras), h, w), device=ref.device)
+        ok = torch.zeros_like(ext, dtype=torch.bool)
+        for name, _, ch in self.plan:
+            for k, c in enumerate(ch):
+                ext[:, c] = inputs[name][:, k].float()
+                ok[:, c] = valid[name][:, 0].bool()
+        batch = {"extra": torch.where(ok, ext, 0.0), "extra_valid": ok, "mask": mask}
+        if ORTHO1 in inputs:
+            batch["image"] = self.image_norm.apply(inputs[ORTHO1].float()).float()
+        return batch
+
+    def encode(
+        self, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The stacked normalized network input (B, C, H, W), channels as :attr:`channel_names`."""
+        return self.stack_inputs(self._batch(inputs, valid))[0]
+
+    def decode(
+        self, y: torch.Tensor, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Refined heights in metres: initial DSM (holes filled) + GSF x network output."""
+        _, anchor_m, _ = self.stack_inputs(self._batch(inputs, valid))
+        return {str(self.hparams.target): anchor_m + self.gsf * y.float()}
+
+    def predict_batch(
+        self, inputs: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`encode`, the network and :meth:`decode` with the inputs stacked once."""
+        x, anchor_m, _ = self.stack_inputs(self._batch(inputs, valid))
+        return {str(self.hparams.target): anchor_m + self.gsf * self(x).float()}
+
+    def export_description(self) -> dict[str, Any]:
+        """Every stacked channel in order with its layer and normalization (one entry per input
+        layer, with its formula), and how the output becomes metres."""
+        desc = super().export_description()
+        inputs, norms = [], desc["normalizations"]
+        for name, strategy, ch in self.plan:
+            norm = dict(self.hparams.input_norms[name])
+            norm["formula"] = NORM_FORMULAS.get(strategy, strategy)
+            if strategy in ("residual", "relative"):
+                norm["gsf"] = self.gsf
+            if strategy == "image":
+                norm["image_norm"] = "image_norm"
+            norms[name] = norm
+            if name == ORTHO1:
+                names = [f"{ORTHO1}_{b}" for b in self.bands]
+            elif name == NODATA_MASK:
+                names = [NODATA_MASK]
+            else:
+                names = [self.extras[c]["name"] for c in ch]
+            for i, n in enumerate(names):
+                entry = {"name": n, "layer": name, "normalization": name}
+                if len(names) > 1:
+                    entry["channel"] = i
+                inputs.append(entry)
+        desc["inputs"] = inputs
+        desc["output"] = (
+            "correction in GSF units (B, 1, H, W): metres = initial DSM (holes filled) "
+            "+ gsf * output"
+        )
+        desc["extra"] = {"gsf": self.gsf}
+        return desc
 
     # ------------------------------------------------------------------ training
     def _swap_orthos(self, x: torch.Tensor) -> torch.Tensor:

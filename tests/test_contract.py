@@ -1,0 +1,154 @@
+"""The task contract, for every registered task: build it small, fit two steps on a tiny
+store, save, load with ``load_task``, predict a 2-window scene from named inputs, export
+(TorchScript) and check the exported graph against the checkpoint on the same input."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from demgen.data.datamodule import ChipDataModule
+from demgen.data.prepare import PrepareConfig, prepare_rasters
+from demgen.data.synth import SceneConfig, generate_scene
+from demgen.export import export_model
+from demgen.inference.scene import NODATA, output_files, predict_scene
+from demgen.io.raster import write_raster
+from demgen.tasks import TASKS, TaskSpec, load_task, task_class
+from demgen.tasks.refine import RefineTask
+
+CHIP = 32
+#: The prediction scene: one row of two 32-px windows overlapping by 8 px.
+ROWS, COLS, WINDOW, OVERLAP = 32, 56, 32, 0.25
+EXTRAS = ("initial_dsm", "ortho2", "triangulation_error")
+TINY_G = {"base": 8, "depth": 5, "dropout": 0.0}  # the pix2pix U-Net at 32 px
+TINY_D = {"base": 8, "n_layers": 2}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One small stereo scene, its stores (plain heights; residual with the refinement
+    layers) and every raster cropped to the 2-window prediction scene."""
+    d = tmp_path_factory.mktemp("contract")
+    scene = generate_scene(d / "scene", SceneConfig(size=96, seed=5, stereo=True))
+    base = {"chip_size": CHIP, "block": 1, "buffer": 0.0, "min_blocks": 2,
+            "fractions": (0.6, 0.4, 0.0)}  # fmt: skip
+    plain = prepare_rasters([scene / "image.tif"], [scene / "dtm.tif"], d / "plain",
+                            PrepareConfig(normalize="global", **base))  # fmt: skip
+    refine = prepare_rasters([scene / "image.tif"], [scene / "dsm.tif"], d / "refine",
+                             PrepareConfig(normalize="residual", **base),
+                             extras=[scene / f"{n}.tif" for n in EXTRAS])  # fmt: skip
+    crops = {}
+    for name in ("image", *EXTRAS):
+        with rasterio.open(scene / f"{name}.tif") as ds:
+            w = Window(8, 16, COLS, ROWS)
+            crops[name] = write_raster(
+                d / f"crop_{name}.tif", ds.read(window=w), crs=ds.crs,
+                transform=ds.window_transform(w), nodata=ds.nodata,
+                descriptions=list(ds.descriptions) if any(ds.descriptions) else None,
+            )  # fmt: skip
+    return {"plain": str(plain), "refine": str(refine), "crops": crops}
+
+
+def _build(name: str, world) -> tuple[L.LightningModule, ChipDataModule]:
+    """A tiny task of the registered ``name`` and the data module it trains on."""
+    refine = name == "refine"
+    dm = ChipDataModule(world["refine" if refine else "plain"], batch_size=2, num_workers=0,
+                        extra=refine, augment=False)  # fmt: skip
+    norms = dm.normalization
+    common = {"chip_size": CHIP, "pixel_size": dm.pixel_size, "channels_last": False}
+    if name == "regression":
+        task = task_class(name)(norms["image"], norms["elevation"], base=8, depth=2, **common)
+    elif name in ("pix2pix", "drpan"):
+        task = task_class(name)(norms["image"], norms["elevation"], generator_kwargs=TINY_G,
+                               discriminator_kwargs=TINY_D, **common)  # fmt: skip
+    elif refine:
+        task = RefineTask.from_datamodule(dm, generator_kwargs={"base": 8, "depth": 2},
+                                          target="dsm", **common)  # fmt: skip
+    else:
+        pytest.fail(f"task {name!r} is registered but the contract test cannot build it: "
+                    "add a tiny builder to tests/test_contract.py")  # fmt: skip
+    return task, dm
+
+
+def _named_inputs(spec: TaskSpec, crops) -> dict[str, str]:
+    """Each input layer's raster: the image is ``image`` for the one-input tasks and
+    ``ortho1`` for refinement; every other layer goes by its own name."""
+    return {la.name: crops["image" if la.name == "ortho1" else la.name] for la in spec.inputs}
+
+
+def _read_inputs(task, paths) -> tuple[dict, dict]:
+    """The first 32 x 32 window of every input, as ``predict_batch`` takes it: in its units,
+    invalid pixels the task's fill."""
+    spec = task.spec
+    inputs, valid = {}, {}
+    for la in spec.inputs:
+        with rasterio.open(paths[la.name]) as ds:
+            a = ds.read(window=Window(0, 0, WINDOW, WINDOW)).astype(np.float32)
+        a = a[: la.channels]
+        ok = np.isfinite(a).all(axis=0, keepdims=True)
+        fill = np.asarray(task.fill_values(la.name), np.float32).reshape(-1, 1, 1)
+        inputs[la.name] = torch.from_numpy(np.where(ok, a, fill))[None]
+        valid[la.name] = torch.from_numpy(ok)[None]
+    return inputs, valid
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_contract(name, world, tmp_path):
+    torch.manual_seed(0)
+    task, dm = _build(name, world)
+    spec = task.spec
+    assert isinstance(spec, TaskSpec) and spec.window_multiple >= 1
+    assert all(la.unit == "metre" for la in spec.outputs)  # today's tasks all give heights
+
+    # fit two steps, save as `demgen fit` does, load by the recorded task name
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        num_sanity_val_steps=0, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(task, dm)
+    ckpt = tmp_path / f"{name}.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = load_task(ckpt).eval()
+    assert type(loaded) is type(task) and loaded.spec == spec
+
+    # predict a 2-window scene from named inputs
+    paths = _named_inputs(spec, world["crops"])
+    out = predict_scene(loaded, paths, tmp_path / "pred.tif", window=WINDOW, overlap=OVERLAP,
+                        precision="32", progress=False)  # fmt: skip
+    files = output_files(spec, tmp_path / "pred.tif")
+    assert out == files[spec.outputs[0].name]
+    with rasterio.open(paths[spec.inputs[0].name]) as grid:
+        crs, transform = grid.crs, grid.transform
+    for la in spec.outputs:
+        with rasterio.open(files[la.name]) as ds:
+            assert (ds.height, ds.width, ds.count) == (ROWS, COLS, la.channels)
+            assert ds.crs == crs and ds.transform == transform and ds.nodata == NODATA
+            assert ds.units == ("metre",) and ds.tags()["vertical_crs"] == "unknown"
+            assert ds.descriptions[0].endswith(la.name)
+            values = ds.read(1)
+        assert np.isfinite(values).all() and (values != NODATA).mean() > 0.5
+
+    # export, and the exported graph against the checkpoint on the same normalized input
+    pt = export_model(loaded, tmp_path / f"{name}.pt", "torchscript")
+    meta = json.loads(pt.with_name(pt.name + ".json").read_text())
+    assert [la["name"] for la in meta["spec"]["inputs"]] == spec.input_names
+    assert meta["spec"]["outputs"][0]["unit"] == "metre"
+    inputs, valid = _read_inputs(loaded, paths)
+    with torch.no_grad():
+        x = loaded.encode(inputs, valid)
+        assert x.shape[1] == len(meta["inputs"]) and torch.isfinite(x).all()
+        expected = loaded(x).float()
+        got = torch.jit.load(str(pt))(x).float()
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        # decoded, the export gives what predict_batch gives, in the output units
+        want = loaded.predict_batch(inputs, valid)
+        for key, value in loaded.decode(got, inputs, valid).items():
+            torch.testing.assert_close(value, want[key], atol=1e-3, rtol=1e-5)
