@@ -24,6 +24,7 @@ from demgen.cli import (
     predict,
     prepare,
     synth,
+    test,
     view,
 )
 from demgen.cli.common import EXIT_USAGE, Parser
@@ -40,6 +41,7 @@ SUBCOMMANDS = (
     fit,
     predict,
     evaluate,
+    test,
     export,
     view,
     lidar,

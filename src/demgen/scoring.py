@@ -1,0 +1,303 @@
+"""Score a checkpoint on a chip-store split, in the task's units, beside honest baselines.
+
+``demgen test CHECKPOINT STORE`` is the chip-level counterpart of ``demgen evaluate``
+(which scores whole predicted rasters): every chip of the split is predicted through the
+task's contract (``task.spec`` and ``task.predict_batch``: stored inputs in their units,
+invalid pixels filled with ``task.fill_values``, heights back in metres), and compared with
+the stored heights over the pixels the store marks valid. Two baselines fitted on the
+store's training split (:func:`demgen.baselines.fit_baselines`) are scored on the same
+pixels: the training-mean elevation and a per-pixel linear regression on the image bands.
+
+Chips are scored as one mosaic: stacked one above the other with a row of NaN between them,
+so slopes, aspects and SSIM windows never straddle two chips, and the DEM metrics of
+:mod:`demgen.metrics.dem` apply unchanged.
+
+**Relative models** (per-chip height normalizations such as ``global-shift``: their output
+layer is ``relative``) cannot know a chip's absolute level. With no coarse reference layer in
+the store (none of demgen's stores has one yet) they are scored with explicitly relative
+metrics: every method's prediction (the model's and the baselines') is first shifted per chip
+by its mean error over the chip's valid pixels, and each metric key gets the suffix
+``_rel`` (``mae_rel_m`` ...), so a relative score is never mistaken for an absolute one.
+The same holds for stores whose heights are themselves relative (``.npz`` imports, whose
+manifest records ``z_unit: relative``): then "metres" are the store's relative units.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from demgen.errors import InputError
+
+#: Methods scored, in report order.
+METHODS = ("model", "training_mean", "linear_bands")
+_METHOD_TITLES = {
+    "model": "model (demgen)",
+    "training_mean": "training-mean elevation",
+    "linear_bands": "per-pixel linear regression on bands",
+}
+
+
+def _store_layer(store: Any, name: str) -> str:
+    """The store layer feeding the task's input ``name`` (the first input, the image, is the
+    store's ``image`` whatever the task calls it, e.g. refinement's ``ortho1``)."""
+    if name in store.layers:
+        return name
+    if name in ("image", "ortho1"):
+        return "image"
+    raise InputError(
+        f"{store.path}: the checkpoint needs input layer {name!r}, which the store does not "
+        f"hold (layers: {sorted(store.layers)})"
+    )
+
+
+def _channel_index(store: Any, layer: str, bands: tuple[str, ...], name: str) -> list[int]:
+    have = list(store.layers[layer].get("bands") or [])
+    if len(bands) == 1 and len(have) == 1:
+        return [0]
+    missing = [b for b in bands if b not in have]
+    if missing:
+        raise InputError(
+            f"{store.path}: layer {layer!r} lacks bands {missing} that the checkpoint's input "
+            f"{name!r} needs (it has {have})"
+        )
+    return [have.index(b) for b in bands]
+
+
+def _pad(x: torch.Tensor, m: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if not (ph or pw):
+        return x
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+class _ChipPredictor:
+    """Predicts chips of a store through the task's contract (first output layer)."""
+
+    def __init__(self, task: Any, store: Any, device: str, amp_dtype: Any) -> None:
+        self.task, self.store, self.device, self.amp_dtype = task, store, device, amp_dtype
+        spec = task.spec
+        self.output = spec.outputs[0]
+        self.multiple = spec.window_multiple
+        self.inputs = []
+        for la in spec.inputs:
+            layer = _store_layer(store, la.name)
+            idx = _channel_index(store, layer, la.bands, la.name)
+            fill = torch.tensor(task.fill_values(la.name), dtype=torch.float32)
+            self.inputs.append((la.name, layer, idx, fill.view(-1, 1, 1)))
+
+    def __call__(self, chips: np.ndarray) -> np.ndarray:
+        """Heights (B, H, W) float64 of chips ``chips`` (store indices)."""
+        store = self.store
+        mask = np.stack([np.asarray(store.mask[j], bool) for j in chips])
+        inputs, valid = {}, {}
+        for name, layer, idx, fill in self.inputs:
+            a = np.stack([store.read_layer(layer, int(j))[idx] for j in chips]).astype(np.float32)
+            ok = mask & np.all(np.isfinite(a), axis=1)
+            t = torch.from_numpy(a)
+            v = torch.from_numpy(ok)[:, None]
+            t = torch.where(v, torch.nan_to_num(t), fill)  # no NaN reaches a network
+            inputs[name], valid[name] = t, v
+        h, w = mask.shape[-2:]
+        inputs = {k: _pad(v, self.multiple).to(self.device) for k, v in inputs.items()}
+        valid = {k: _pad(v.float(), self.multiple).to(self.device) > 0.5 for k, v in valid.items()}
+        kind = self.device.split(":")[0]
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                kind, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ),
+        ):
+            out = self.task.predict_batch(inputs, valid)[self.output.name]
+        return out.float()[:, 0, :h, :w].cpu().numpy().astype(np.float64)
+
+
+def _mosaic(chips: list[np.ndarray]) -> np.ndarray:
+    """Chips (H, W) stacked vertically with one NaN row between them."""
+    h, w = chips[0].shape
+    gap = np.full((1, w), np.nan)
+    rows = []
+    for c in chips:
+        rows += [c, gap]
+    return np.concatenate(rows[:-1], axis=0)
+
+
+def _shift_per_chip(pred: np.ndarray, ref: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``pred`` minus its mean error over the chip's valid pixels (relative scoring)."""
+    if not ok.any():
+        return pred
+    return pred - float(np.mean(pred[ok] - ref[ok]))
+
+
+def _metrics(pred: np.ndarray, ref: np.ndarray, pixel: tuple[float, float] | None) -> dict:
+    from demgen.metrics.dem import error_stats, image_stats, terrain_stats, valid_pixels
+
+    ok = valid_pixels(pred, ref)
+    out: dict[str, Any] = error_stats(pred, ref, ok)
+    out |= image_stats(pred, ref, ok)
+    if pixel is not None:
+        out |= terrain_stats(pred, ref, pixel, ok)
+    return out
+
+
+def _suffix(m: dict[str, Any], relative: bool) -> dict[str, Any]:
+    """Rename ``mae_m`` -> ``mae_rel_m`` (and so on) for relative scores."""
+    if not relative:
+        return m
+    out = {}
+    for k, v in m.items():
+        if k in ("n_pixels", "aspect_pixels"):
+            out[k] = v
+        elif k.endswith("_m"):
+            out[k[:-2] + "_rel_m"] = v
+        else:
+            out[k + "_rel"] = v
+    return out
+
+
+def score_checkpoint(
+    task: Any,
+    store_path: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 8,
+    device: str | None = None,
+    precision: str = "auto",
+    progress: bool = True,
+    figure: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score ``task`` on the chips of ``split`` of the chip store ``store_path`` (module
+    docstring): metrics of the model and both baselines on the same valid pixels. With
+    ``figure``, a PNG of the chip of median model MAE (prediction, truth, error)."""
+    from demgen.baselines import fit_baselines
+    from demgen.data.chips import ChipStore
+    from demgen.precision import autocast_dtype, default_device, resolve_precision
+
+    store = ChipStore(store_path)
+    spec = task.spec
+    out_layer = spec.outputs[0]
+    if out_layer.unit != "metre":
+        raise InputError(
+            f"the checkpoint writes {out_layer.name!r} in {out_layer.unit}: demgen test scores "
+            "height outputs (image outputs are scored by demgen evaluate on rasters)"
+        )
+    try:
+        chips = store.indices(split)
+    except KeyError:
+        raise InputError(f"{store.path}: no split {split!r} (train, val, test)") from None
+    if chips.size == 0:
+        raise InputError(f"{store.path}: split {split!r} has no chips")
+    device = device or default_device()
+    amp = autocast_dtype(resolve_precision(precision, device))
+    model = task.eval().to(device)
+    predictor = _ChipPredictor(model, store, device, amp)
+    mean_bl, lin_bl = fit_baselines(store.path)
+    bands_idx = _channel_index(store, "image", tuple(store.layers["image"]["bands"]), "image")
+    heights_relative = store.manifest.get("z_unit") == "relative"
+    relative = bool(out_layer.relative) or heights_relative
+    rel_model = bool(out_layer.relative)
+    preds: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    refs: list[np.ndarray] = []
+    bar = tqdm(total=int(chips.size), desc=f"test {split}", unit="chip", disable=not progress)
+    try:
+        for s in range(0, chips.size, batch_size):
+            batch = chips[s : s + batch_size]
+            model_out = predictor(batch)
+            for b, j in enumerate(batch):
+                ref = np.asarray(store.elevation[j], np.float64)
+                ok = np.asarray(store.mask[j], bool) & np.isfinite(ref)
+                ref = np.where(ok, ref, np.nan)
+                image = np.asarray(store.image[j])[bands_idx].astype(np.float64)
+                image = np.nan_to_num(image)
+                chip = {
+                    "model": model_out[b],
+                    "training_mean": mean_bl.predict(image).astype(np.float64),
+                    "linear_bands": lin_bl.predict(image).astype(np.float64),
+                }
+                for name, p in chip.items():
+                    if relative:
+                        p = _shift_per_chip(p, ref, ok)
+                    preds[name].append(np.where(ok, p, np.nan))
+                refs.append(ref)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    ref_all = _mosaic(refs)
+    if not np.isfinite(ref_all).any():
+        raise InputError(f"{store.path}: split {split!r} has no valid pixel")
+    px = store.manifest.get("pixel_size_m")
+    pixel = (float(px[0]), float(px[1])) if px else None
+    result: dict[str, Any] = {
+        "store": str(store.path),
+        "split": split,
+        "chips": int(chips.size),
+        "output": out_layer.name,
+        "unit": "relative" if heights_relative else "metre",
+        "relative": relative,
+        "relative_reason": (
+            "per-chip model" if rel_model else "store heights are relative" if relative else None
+        ),
+        "pixel_size_m": list(pixel) if pixel else None,
+        "methods": {},
+    }
+    for name in METHODS:
+        result["methods"][name] = _suffix(_metrics(_mosaic(preds[name]), ref_all, pixel), relative)
+    if figure is not None:
+        _figure(figure, preds["model"], refs, pixel, result)
+    return result
+
+
+def _figure(path, preds: list[np.ndarray], refs: list[np.ndarray], pixel, r) -> None:
+    """The chip whose model MAE is the median of the split's: a typical chip, not the best."""
+    from demgen.viz.figures import evaluation_figure
+
+    maes = [float(np.nanmean(np.abs(p - t))) if np.isfinite(t).any() else np.inf
+            for p, t in zip(preds, refs, strict=True)]  # fmt: skip
+    order = np.argsort(maes)
+    k = int(order[len([m for m in maes if np.isfinite(m)]) // 2])
+    kind = "relative MAE" if r["relative"] else "MAE"
+    evaluation_figure(path, preds[k], refs[k], pixel or (1.0, 1.0),
+                      title=f"{r['split']} chip of median {kind}: {maes[k]:.2f}")  # fmt: skip
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def render_report(r: dict[str, Any], checkpoint: str | Path) -> str:
+    """A Markdown report of :func:`score_checkpoint`'s result."""
+    sfx = "_rel" if r["relative"] else ""
+    unit = "relative units" if r["unit"] == "relative" else "m"
+    keys = [(f"mae{sfx}_m", "MAE"), (f"rmse{sfx}_m", "RMSE"), (f"bias{sfx}_m", "bias"),
+            (f"nmad{sfx}_m", "NMAD"), (f"le90{sfx}_m", "LE90"), (f"r2{sfx}", "R2"),
+            (f"ssim{sfx}", "SSIM")]  # fmt: skip
+    if r["pixel_size_m"]:
+        keys.append((f"slope_rmse{sfx}_deg", "slope RMSE (deg)"))
+    head = " | ".join(label for _, label in keys)
+    lines = [
+        f"# `demgen test`: `{Path(checkpoint).name}` on `{r['store']}` ({r['split']})",
+        "",
+        f"{r['chips']} chips; {r['methods']['model']['n_pixels']:,} valid pixels, the same for "
+        f"every method. Heights in {unit}.",
+    ]
+    if r["relative"]:
+        lines += [
+            "",
+            f"Relative scores ({r['relative_reason']}): each method's prediction is shifted per "
+            "chip by its mean error before scoring, so these measure relief, not absolute level.",
+        ]
+    lines += ["", f"| method | {head} |", "| --- |" + " ---: |" * len(keys)]
+    for name in METHODS:
+        m = r["methods"][name]
+        lines.append(
+            f"| {_METHOD_TITLES[name]} | " + " | ".join(_fmt(m.get(k)) for k, _ in keys) + " |"
+        )
+    return "\n".join(lines) + "\n"
