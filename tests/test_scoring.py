@@ -74,6 +74,10 @@ def test_scores_match_a_hand_computation(store, tmp_path):
     lin_hand = error_stats(lin.astype(np.float64), ref)
     assert r["methods"]["linear_bands"]["rmse_m"] == pytest.approx(lin_hand["rmse_m"], rel=1e-5)
     assert "slope_rmse_deg" in m and r["pixel_size_m"] == [10.0, 10.0]
+    # baselines fitted on another store's training split (here: the same store, explicitly)
+    again = score_checkpoint(task, store, progress=False, precision="32", baseline_store=store)
+    assert again["methods"]["training_mean"] == r["methods"]["training_mean"]
+    assert again["baselines_fitted_on"] == str(store)
 
 
 def test_cli_writes_strict_json_report_and_figure(store, tmp_path, capsys):

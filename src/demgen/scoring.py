@@ -171,10 +171,13 @@ def score_checkpoint(
     precision: str = "auto",
     progress: bool = True,
     figure: str | Path | None = None,
+    baseline_store: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``task`` on the chips of ``split`` of the chip store ``store_path`` (module
     docstring): metrics of the model and both baselines on the same valid pixels. With
-    ``figure``, a PNG of the chip of median model MAE (prediction, truth, error)."""
+    ``figure``, a PNG of the chip of median model MAE (prediction, truth, error). The
+    baselines are fitted on the training split of ``baseline_store`` (default: the scored
+    store): give the store the model trained on when scoring another store's chips."""
     from demgen.baselines import fit_baselines
     from demgen.data.chips import ChipStore
     from demgen.precision import autocast_dtype, default_device, resolve_precision
@@ -197,7 +200,7 @@ def score_checkpoint(
     amp = autocast_dtype(resolve_precision(precision, device))
     model = task.eval().to(device)
     predictor = _ChipPredictor(model, store, device, amp)
-    mean_bl, lin_bl = fit_baselines(store.path)
+    mean_bl, lin_bl = fit_baselines(baseline_store or store.path)
     bands_idx = _channel_index(store, "image", tuple(store.layers["image"]["bands"]), "image")
     heights_relative = store.manifest.get("z_unit") == "relative"
     relative = bool(out_layer.relative) or heights_relative
@@ -236,6 +239,7 @@ def score_checkpoint(
     result: dict[str, Any] = {
         "store": str(store.path),
         "split": split,
+        "baselines_fitted_on": str(baseline_store or store.path),
         "chips": int(chips.size),
         "output": out_layer.name,
         "unit": "relative" if heights_relative else "metre",

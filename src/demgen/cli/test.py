@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", type=Path, help="chip store folder (demgen prepare)")
     p.add_argument("--split", choices=("train", "val", "test"), default="test",
                    help="which split to score (test)")  # fmt: skip
+    p.add_argument(
+        "--baseline-store", type=Path, metavar="STORE",
+        help="fit the baselines on this store's training split (default: STORE's); give the "
+        "store the model trained on when scoring chips of another one",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("-o", "--out", type=Path, help="folder for metrics.json, report.md, figure")
     p.add_argument("--overwrite", action="store_true", help="replace files in an existing DIR")
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     result = score_checkpoint(
         task, args.store, split=args.split, batch_size=args.batch_size,
         precision=args.precision, progress=not args.quiet and sys.stderr.isatty(),
-        figure=figure,
+        figure=figure, baseline_store=args.baseline_store,
     )  # fmt: skip
     result["checkpoint"] = str(args.checkpoint)
     report = render_report(result, args.checkpoint)
