@@ -78,6 +78,8 @@ def test_scores_match_a_hand_computation(store, tmp_path):
     again = score_checkpoint(task, store, progress=False, precision="32", baseline_store=store)
     assert again["methods"]["training_mean"] == r["methods"]["training_mean"]
     assert again["baselines_fitted_on"] == str(store)
+    every = score_checkpoint(task, store, split="all", progress=False, precision="32")
+    assert every["chips"] == len(s) > r["chips"]
 
 
 def test_cli_writes_strict_json_report_and_figure(store, tmp_path, capsys):

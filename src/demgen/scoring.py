@@ -190,10 +190,10 @@ def score_checkpoint(
             f"the checkpoint writes {out_layer.name!r} in {out_layer.unit}: demgen test scores "
             "height outputs (image outputs are scored by demgen evaluate on rasters)"
         )
-    try:
-        chips = store.indices(split)
+    try:  # "all": every chip of the store (a store of chips no model trained on)
+        chips = np.arange(len(store)) if split == "all" else store.indices(split)
     except KeyError:
-        raise InputError(f"{store.path}: no split {split!r} (train, val, test)") from None
+        raise InputError(f"{store.path}: no split {split!r} (train, val, test, all)") from None
     if chips.size == 0:
         raise InputError(f"{store.path}: split {split!r} has no chips")
     device = device or default_device()

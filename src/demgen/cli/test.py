@@ -27,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", type=Path, help="model checkpoint (.ckpt)")
     p.add_argument("store", type=Path, help="chip store folder (demgen prepare)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test",
-                   help="which split to score (test)")  # fmt: skip
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
+                   help="which split to score (test); all: every chip, for a store of chips "
+                   "no model trained on (give --baseline-store then)")  # fmt: skip
     p.add_argument(
         "--baseline-store", type=Path, metavar="STORE",
         help="fit the baselines on this store's training split (default: STORE's); give the "
