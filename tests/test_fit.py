@@ -249,6 +249,11 @@ def test_store_recipes_link_pixel_size_and_vertical_datum(stores, tmp_path, monk
     import shutil
 
     from demgen.training import build_cli
+    from demgen.training.runs import RUN_DIR_ENV
+
+    # build_cli (unlike fit) leaves the run folder in the environment: restore it afterwards
+    monkeypatch.setenv(RUN_DIR_ENV, "unset-after-this-test")
+    monkeypatch.delenv(RUN_DIR_ENV)
 
     store = tmp_path / "store"
     shutil.copytree(stores["dsm"], store)

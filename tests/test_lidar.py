@@ -58,8 +58,10 @@ def survey(scene, seed=0, first_per_cell=4, canopy_ground=0.5, hole=HOLE):
                     & (cells[:, 1] >= hole[1].start) & (cells[:, 1] < hole[1].stop))]  # fmt: skip
     r = np.repeat(cells[:, 0], first_per_cell)
     c = np.repeat(cells[:, 1], first_per_cell)
-    dx = rng.uniform(-0.5, 0.5, len(r)) * RES
-    dy = rng.uniform(-0.5, 0.5, len(r)) * RES
+    # inside the cell by more than the LAS coordinate scale (1 mm), so the quantized point
+    # never lands in the neighbouring cell, whose surface the world's DSM does not share
+    dx = rng.uniform(-0.499, 0.499, len(r)) * RES
+    dy = rng.uniform(-0.499, 0.499, len(r)) * RES
     x = t.c + (c + 0.5) * RES + dx
     y = t.f - (r + 0.5) * RES + dy
     tilt = gx[r, c] * dx - gy[r, c] * dy

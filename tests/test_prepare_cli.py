@@ -339,9 +339,9 @@ def test_npz_import_has_no_pixel_size_and_unknown_datum(tmp_path):
 
 
 def test_manifest_is_strict_json_with_nan_statistics_as_null(files, monkeypatch):
-    import demgen.data.prepare as prepare_mod
+    import demgen.data.prepare.fit as prepare_fit
 
-    real_fit = prepare_mod._fit
+    real_fit = prepare_fit.fit_normalizations
 
     def nan_fit(*args, **kwargs):
         norms = real_fit(*args, **kwargs)
@@ -349,7 +349,7 @@ def test_manifest_is_strict_json_with_nan_statistics_as_null(files, monkeypatch)
         norms["elevation"]["inf_statistic"] = float("inf")
         return norms
 
-    monkeypatch.setattr(prepare_mod, "_fit", nan_fit)
+    monkeypatch.setattr(prepare_fit, "fit_normalizations", nan_fit)
     assert main(prep(files)) == 0
     m = _strict_loads((files / "store" / "manifest.json").read_text())
     assert m["normalization"]["elevation"]["nan_statistic"] is None

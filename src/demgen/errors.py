@@ -9,6 +9,11 @@ class InputError(DemgenError):
     """A file or argument is missing, unreadable or inconsistent; the message names it."""
 
 
+class MissingCRSError(InputError):
+    """A raster has no CRS where georeferencing is required; raised by
+    :func:`demgen.io.raster.require_crs`, the one place that spells the message."""
+
+
 class CheckpointError(InputError):
     """A checkpoint is missing, damaged, not demgen's, or holds more than plain data."""
 

@@ -33,7 +33,7 @@ from rasterio.windows import Window
 
 from demgen.errors import InputError
 from demgen.io.geodesy import mean_pixel_size_m, pixel_size_m, pixel_size_m_of, vertical_crs_of
-from demgen.io.raster import open_raster
+from demgen.io.raster import open_raster, require_crs
 
 AVERAGE_ABOVE = 1.5  # reference pixel / source pixel ratio above which to average
 GDAL_CACHE_BYTES = 128 * 2**20  # GDAL's block cache while evaluating (two strips of tiles)
@@ -73,8 +73,7 @@ class RefGrid:
 def reference_grid(path: str | Path) -> RefGrid:
     """The grid of the reference raster at ``path``."""
     with open_raster(path) as ds:
-        if ds.crs is None:
-            raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+        require_crs(ds, path)
         return RefGrid(
             str(path), ds.crs, ds.transform, ds.width, ds.height, tuple(ds.bounds),
             pixel_size_m_of(ds),
@@ -106,8 +105,7 @@ class OnGrid:
 
     def _open(self, ds: Any, categorical: bool, shift: tuple[float, float]) -> None:
         grid = self.grid
-        if ds.crs is None:
-            raise InputError(f"{self.path}: raster has no CRS (georeferencing is required)")
+        require_crs(ds, self.path)
         if disjoint_bounds(transform_bounds(ds.crs, grid.crs, *ds.bounds), grid.bounds):
             raise InputError(f"{self.path}: does not overlap the reference {grid.path}")
         self.vertical_crs = vertical_crs_of(ds)

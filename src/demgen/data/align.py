@@ -1,13 +1,14 @@
 """Align imagery, elevation and masks of any CRS onto one grid, window by window.
 
-Inputs are resolved into :class:`ImageScene` objects (one multi-band raster, one file per
-band such as Landsat's ``*_B1.TIF`` ... ``*_B7.TIF``, or several of either), a target
-:class:`Grid` is chosen (the DEM's, the image's, or a given CRS and resolution, cropped to
-the ground both cover), and :class:`AlignedScene` reads any window of that grid through
-rasterio's ``WarpedVRT``: every continuous layer (elevation, imagery, extras) is averaged
-when the target pixel is 1.5x or more the source's, else bilinear; cloud masks take the
-maximum or the nearest pixel (the rule and its validity: :mod:`demgen.data.warp`). Only
-the requested window is ever warped, so memory stays bounded whatever the scene size.
+Inputs are resolved into :class:`ImageScene` objects (:mod:`demgen.data.image_inputs`: one
+multi-band raster, one file per band such as Landsat's ``*_B1.TIF`` ... ``*_B7.TIF``, or
+several of either), a target :class:`~demgen.io.grid.Grid` is chosen (the DEM's, the
+image's, or a given CRS and resolution, cropped to the ground both cover), and
+:class:`AlignedScene` reads any window of that grid through rasterio's ``WarpedVRT``: every
+continuous layer (elevation, imagery, extras) is averaged when the target pixel is 1.5x or
+more the source's, else bilinear; cloud masks take the maximum or the nearest pixel (the
+rule and its validity: :mod:`demgen.data.warp`). Only the requested window is ever warped,
+so memory stays bounded whatever the scene size.
 
 Validity of every output pixel combines each input's nodata, NaN/inf, the warp's alpha
 (pixels outside a source: scene edges) and an optional cloud mask (non-zero = cloud).
@@ -18,19 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from demgen.data.image_inputs import (
+    FEET_TO_METRES,
+    BandRef,
+    ImageScene,
+    detect_z_unit,
+    image_scenes,
+    open_checked,
+)
 from demgen.data.warp import (
     AVERAGE_FROM_SHRINK,
     CONTINUOUS,
@@ -42,11 +48,8 @@ from demgen.data.warp import (
 )
 from demgen.errors import InputError
 from demgen.io.geodesy import horizontal_crs
-from demgen.io.raster import grid_bounds, open_raster
-
-FEET_TO_METRES = 0.3048  # international foot; the US survey foot differs by 2 ppm
-_BAND_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<band>B\d+[A-Z]?)$", re.IGNORECASE)
-_FEET_WORDS = ("ft", "foot", "feet", "us survey foot", "us_survey_foot", "ftus", "us-ft")
+from demgen.io.grid import Grid
+from demgen.io.raster import open_raster, require_crs
 
 
 def _union(boxes: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
@@ -59,140 +62,15 @@ def _union(boxes: list[tuple[float, float, float, float]]) -> tuple[float, float
     )
 
 
-@dataclass(frozen=True)
-class Grid:
-    """A north-up pixel grid: CRS, affine transform and shape."""
-
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return grid_bounds(self.transform, self.width, self.height)
-
-    @property
-    def res(self) -> tuple[float, float]:
-        return abs(self.transform.a), abs(self.transform.e)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "crs": self.crs.to_string(),
-            "transform": list(self.transform)[:6],
-            "width": self.width,
-            "height": self.height,
-        }
-
-
-@dataclass
-class BandRef:
-    """One band of an image scene: file, 1-based index and name."""
-
-    path: Path
-    index: int
-    name: str
-
-
-@dataclass
-class ImageScene:
-    """The bands of one image scene (possibly spread over several files)."""
-
-    name: str
-    bands: list[BandRef] = field(default_factory=list)
-
-    @property
-    def files(self) -> list[Path]:
-        return list(dict.fromkeys(b.path for b in self.bands))
-
-
-def _check_crs(path: Path, ds: Any) -> None:
-    if ds.crs is None:
-        raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
-
-
-def image_scenes(
-    paths: Sequence[str | Path], bands: Sequence[str] | None = None
-) -> list[ImageScene]:
-    """Group image files into scenes and select bands by 1-based index or by name.
-
-    Single-band files whose names end in ``_B<n>`` and share a stem form one scene (band named
-    by that suffix, ordered by band number: B2 before B10); every other file is a scene of
-    its own (bands named by their descriptions, else ``band<i>``, in the file's order).
-    ``bands`` entries are names (matched case-insensitively to descriptions or suffixes) or
-    1-based indices in that order.
-    """
-    groups: dict[str, ImageScene] = {}
-    per_band: set[str] = set()
-    for p in map(Path, paths):
-        with open_raster(p) as ds:
-            _check_crs(p, ds)
-            m = _BAND_SUFFIX.match(p.stem)
-            if ds.count == 1 and m:
-                key = m["stem"]
-                per_band.add(key)
-                scene = groups.setdefault(key, ImageScene(key))
-                scene.bands.append(BandRef(p, 1, ds.descriptions[0] or m["band"].upper()))
-            else:
-                names = [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
-                groups[str(p)] = ImageScene(
-                    p.stem, [BandRef(p, i + 1, n) for i, n in enumerate(names)]
-                )
-    scenes = list(groups.values())
-    for key, s in groups.items():
-        if key in per_band:
-            s.bands.sort(key=lambda b: _band_sort_key(b.name))
-        if bands:
-            s.bands = [_select(s, b) for b in bands]
-    names = [[b.name for b in s.bands] for s in scenes]
-    if any(n != names[0] for n in names):
-        other = next(n for n in names if n != names[0])
-        raise InputError(
-            f"image scenes have different bands ({names[0]} vs {other}); "
-            "choose common ones with --bands"
-        )
-    return scenes
-
-
-def _band_sort_key(name: str) -> tuple[int, str]:
-    m = re.fullmatch(r"B(\d+)([A-Z]?)", name, re.IGNORECASE)
-    return (int(m[1]), m[2].upper()) if m else (10**6, name)
-
-
-def _select(scene: ImageScene, wanted: str) -> BandRef:
-    w = wanted.strip()
-    for b in scene.bands:
-        if b.name.lower() == w.lower():
-            return b
-    if w.isdigit() and 1 <= int(w) <= len(scene.bands):
-        return scene.bands[int(w) - 1]
-    have = ", ".join(b.name for b in scene.bands)
-    raise InputError(f"{scene.files[0]}: band {w!r} does not exist (bands: {have})")
-
-
-def detect_z_unit(path: str | Path) -> str | None:
-    """'ft' when the DEM's band unit or vertical CRS says feet, 'm' when metres, else None."""
-    with open_raster(path) as ds:
-        unit = (ds.units[0] or "").strip().lower() if ds.units else ""
-        wkt = ds.crs.to_wkt().lower() if ds.crs is not None else ""
-    if unit in _FEET_WORDS or "foot" in unit or "feet" in unit:
-        return "ft"
-    if "vert" in wkt and ("foot" in wkt or "feet" in wkt):
-        return "ft"
-    if unit in ("m", "metre", "meter", "metres", "meters"):
-        return "m"
-    return None
-
-
 def _footprint(path: Path, dst_crs: CRS) -> tuple[float, float, float, float]:
     with open_raster(path) as ds:
-        _check_crs(path, ds)
+        require_crs(ds, path)
         return transform_bounds(horizontal_crs(ds.crs), dst_crs, *ds.bounds, densify_pts=21)
 
 
 def _grid_of(path: Path) -> Grid:
     with open_raster(path) as ds:
-        _check_crs(path, ds)
+        require_crs(ds, path)
         return Grid(horizontal_crs(ds.crs), ds.transform, ds.width, ds.height)
 
 
@@ -351,7 +229,7 @@ class AlignedScene(contextlib.AbstractContextManager):
 
     def _open(self, path: Path) -> Any:
         ds = self._stack.enter_context(open_raster(path))
-        _check_crs(path, ds)
+        require_crs(ds, path)
         self._files[path] = ds
         return ds
 
@@ -402,16 +280,6 @@ class AlignedScene(contextlib.AbstractContextManager):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def open_checked(path: str | Path) -> None:
-    """Open a raster and read its first block, raising InputError naming the file if broken."""
-    with open_raster(path) as ds:
-        _check_crs(Path(path), ds)
-        try:
-            ds.read(1, window=Window(0, 0, min(ds.width, 256), min(ds.height, 256)))
-        except RasterioError as exc:
-            raise InputError(f"{path}: read failed ({str(exc).strip().splitlines()[0]})") from exc
 
 
 __all__ = [

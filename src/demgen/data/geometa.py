@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from demgen.data.align import Grid
 from demgen.errors import InputError
 from demgen.io.geodesy import UNKNOWN_DATUM, pixel_size_m, vertical_crs_of
+from demgen.io.grid import Grid
 from demgen.io.raster import open_raster
 
 

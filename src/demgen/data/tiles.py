@@ -42,7 +42,7 @@ from demgen.data.prepare import PrepareConfig
 from demgen.data.splits import ChipPlace, blocked_split
 from demgen.errors import InputError
 from demgen.io.geodesy import pixel_size_m_of, vertical_crs_of
-from demgen.io.raster import grid_bounds, open_raster
+from demgen.io.raster import band_names, default_band_names, grid_bounds, open_raster, require_crs
 
 _INDEX = re.compile(r"_(\d+)\.tiff?$", re.IGNORECASE)
 PUBLISHED_KEYS = {"train": "train", "val": "validation", "test": "test"}
@@ -84,8 +84,7 @@ def load_published_split(path: str | Path, split: str) -> dict[str, list[int]]:
 
 def _read_pair(sat: Path, dem: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     with open_raster(sat) as s:
-        if s.crs is None:
-            raise InputError(f"{sat}: tile has no CRS (georeferencing is required)")
+        require_crs(s, sat, "tile")
         img = s.read()
         valid = np.ones(img.shape[1:], bool)
         if s.nodata is not None:
@@ -226,11 +225,12 @@ def import_tiles(
 
 
 def _band_names(path: Path, count: int) -> list[str]:
+    """The bands' descriptions when all are set and distinct, else the default names."""
     with rasterio.open(path) as ds:
-        names = [d or "" for d in ds.descriptions]
-    if all(names) and len(set(names)) == count:
+        described, names = all(ds.descriptions), band_names(ds)
+    if described and len(set(names)) == count:
         return names
-    return ["red", "green", "blue"] if count == 3 else [f"band{i + 1}" for i in range(count)]
+    return default_band_names(count)
 
 
 def _blocked(

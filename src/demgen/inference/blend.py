@@ -22,9 +22,9 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
 from demgen.errors import InputError
-from demgen.io.raster import open_raster
+from demgen.io.raster import NODATA, open_raster, require_crs
 
-NODATA = -9999.0
+__all__ = ["NODATA", "blend_weight", "window_starts"]  # NODATA: demgen.io.raster's, re-exported
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -53,8 +53,7 @@ class _Reference:
         self.path = Path(path)
         self.dst_crs = dst.crs
         with open_raster(self.path) as ds:
-            if ds.crs is None:
-                raise InputError(f"{self.path}: raster has no CRS (georeferencing is required)")
+            require_crs(ds, self.path)
             self.data = ds.read(1).astype(np.float32)
             if ds.nodata is not None:
                 self.data[self.data == ds.nodata] = np.nan

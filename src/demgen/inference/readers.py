@@ -34,6 +34,7 @@ from rasterio.windows import Window
 
 from demgen.data.augment import dihedral, dihedral_inverse
 from demgen.errors import InputError
+from demgen.io.raster import band_names
 from demgen.tasks.spec import LayerSpec
 
 
@@ -92,7 +93,7 @@ def band_indices(layer: LayerSpec, ds, path: str | Path) -> list[int]:
     """1-based indices of ``layer``'s bands in ``ds``: matched by band description; band 1
     of a single-band raster for a single-channel layer; in order for a raster whose bands
     have no description and whose count is the layer's. InputError naming what is missing."""
-    names = [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+    names = band_names(ds)
     if all(b in names for b in layer.bands):
         return [names.index(b) + 1 for b in layer.bands]
     undescribed = not any(ds.descriptions)

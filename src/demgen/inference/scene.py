@@ -38,15 +38,17 @@ from rasterio.warp import Resampling
 from tqdm.auto import tqdm
 
 from demgen.errors import InputError
-from demgen.inference.blend import NODATA, _Blender, _Reference, blend_weight, window_starts
+from demgen.inference.blend import _Blender, _Reference, blend_weight, window_starts
 from demgen.inference.readers import _SceneReader, band_indices
 from demgen.io.geodesy import VERTICAL_CRS_TAG
 from demgen.io.raster import (
+    NODATA,
     bounded_gdal_cache,
     geotiff_profile,
     open_raster,
     open_writer,
     pixel_size_metres,
+    require_crs,
     write_cog,
 )
 from demgen.models.fusion import fuse_conv_bn
@@ -85,8 +87,7 @@ def _window_rows(
 
 def _check_grid(task, src: DatasetReader, path: Path, any_res: bool) -> None:
     """Errors for a missing CRS, or a pixel size unlike the training data's."""
-    if src.crs is None:
-        raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+    require_crs(src, path)
     trained = task.hparams.get("pixel_size")
     if trained and not any_res:
         px = pixel_size_metres(src)
@@ -141,8 +142,7 @@ def output_files(spec: TaskSpec, output: str | Path) -> dict[str, Path]:
 
 def _on_grid(stack: contextlib.ExitStack, ds: DatasetReader, grid: DatasetReader, path: Path):
     """``ds`` itself when on ``grid``'s grid, else a bilinear WarpedVRT of it onto that grid."""
-    if ds.crs is None:
-        raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+    require_crs(ds, path)
     if ds.crs == grid.crs and ds.transform.almost_equals(grid.transform) and ds.shape == grid.shape:
         return ds
     return stack.enter_context(WarpedVRT(

@@ -21,8 +21,31 @@ from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from demgen.errors import InputError, first_line
+from demgen.errors import InputError, MissingCRSError, first_line
 from demgen.io.geodesy import VERTICAL_CRS_TAG
+
+# demgen's nodata for float rasters (DEMs, predictions, stereo holes, lidar grids): the one
+# definition; every writer and reader of "no height here" imports it from here.
+NODATA = -9999.0
+
+
+def require_crs(ds: Any, path: str | os.PathLike, what: str = "raster") -> None:
+    """Raise :class:`~demgen.errors.MissingCRSError` naming ``path`` when ``ds`` has no CRS."""
+    if ds.crs is None:
+        raise MissingCRSError(f"{path}: {what} has no CRS (georeferencing is required)")
+
+
+_require_crs = require_crs  # read_raster's keyword of the same name shadows the function
+
+
+def band_names(ds: Any) -> list[str]:
+    """Each band's description, or ``band<n>`` (1-based) for a band without one."""
+    return [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+
+
+def default_band_names(count: int) -> list[str]:
+    """Names for ``count`` undescribed bands: red, green, blue for three, else band1 ..."""
+    return ["red", "green", "blue"] if count == 3 else [f"band{i + 1}" for i in range(count)]
 
 
 @contextlib.contextmanager
@@ -165,8 +188,8 @@ def read_raster(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read bands (1-based) of a raster as (bands, H, W) with its georeferencing profile."""
     with open_raster(path) as ds:
-        if require_crs and ds.crs is None:
-            raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+        if require_crs:
+            _require_crs(ds, path)
         idx = list(bands) if bands is not None else list(range(1, ds.count + 1))
         bad = [b for b in idx if not 1 <= b <= ds.count]
         if bad:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from demgen.errors import InputError
 from demgen.io.geodesy import vertical_crs_of
-from demgen.io.raster import grid_bounds, open_raster
+from demgen.io.raster import band_names, grid_bounds, open_raster, require_crs
 from demgen.pointcloud.lasio import LAS_SUFFIXES, write_las
 
 CHUNK_CELLS = 1_000_000
@@ -42,7 +42,7 @@ STRETCH_SAMPLE = 1024  # pixels per side of the decimated read for the colour st
 
 
 def _select_bands(ds: rasterio.io.DatasetReader) -> list[int]:
-    desc = [d or "" for d in ds.descriptions]
+    desc = band_names(ds)
     if all(b in desc for b in ("B4", "B3", "B2")):
         return [desc.index(b) + 1 for b in ("B4", "B3", "B2")]
     return [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
@@ -54,8 +54,7 @@ class _Colour:
     def __init__(self, path: Path, dem: rasterio.io.DatasetReader) -> None:
         self._cm = open_raster(path)
         src = self._cm.__enter__()
-        if src.crs is None:
-            raise InputError(f"{path}: raster has no CRS (georeferencing is required)")
+        require_crs(src, path)
         if dem.crs is None:
             raise InputError("--image needs a DEM with a CRS to place the image on")
         self.bands = _select_bands(src)

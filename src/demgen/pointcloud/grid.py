@@ -30,13 +30,11 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
 from demgen.errors import InputError
+from demgen.io.raster import NODATA as NODATA  # re-exported: lidar.py and tests use it
 from demgen.pointcloud.lasio import PointChunk
 
 GROUND = 2  # ASPRS class 2: ground
 NOISE_CLASSES = (7, 18)  # ASPRS low noise, high noise (LAS 1.4 R15, table 17)
-# demgen's nodata (demgen.inference.scene.NODATA, tested equal), kept here so that gridding
-# lidar does not import torch with the inference module
-NODATA = -9999.0
 MAX_CELLS = 400_000_000  # about 13 GB of accumulators: refuse beyond, ask for a coarser grid
 
 

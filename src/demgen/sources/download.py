@@ -25,234 +25,48 @@ request reuses the recorded search (no STAC request) and skips every complete ou
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from demgen import __version__
-from demgen.data.align import Grid
-from demgen.errors import InputError
 from demgen.io.geodesy import VERTICAL_CRS_TAG
-from demgen.io.jsonio import write_json
-from demgen.io.raster import geotiff_profile, open_writer
+from demgen.io.raster import NODATA, geotiff_profile, open_writer
 from demgen.sources import masks
 from demgen.sources.composite import median_composite, mosaic_date, to_uint16
-from demgen.sources.grid import parse_bbox, parse_crs, target_grid, windows
+from demgen.sources.grid import windows
 from demgen.sources.products import (
     COPDEM_VERTICAL_CRS,
-    PRODUCTS,
     Product,
-    parse_products,
-    reflectance_coefficients,
 )
+from demgen.sources.provenance import FORMAT, Provenance
 from demgen.sources.read import AssetReader, gdal_env
-from demgen.sources.signing import Signing, make_signing
-from demgen.sources.stac import EARTH_SEARCH, RetryPolicy, open_client, parse_dates, search
+from demgen.sources.request import COMPOSITES, DownloadOptions, DownloadRequest, grid_for
+from demgen.sources.signing import make_signing
 
-FORMAT = "demgen-download/1"
-DEM_NODATA = -9999.0
-COMPOSITES = ("median", "none")
+DEM_NODATA = NODATA  # demgen.io.raster's, under the name this module has always used
 
-
-@dataclass
-class DownloadRequest:
-    """What to download; a second run with an equal request resumes the first."""
-
-    bbox: tuple[float, float, float, float]
-    dates: tuple[str, str]
-    collections: list[str] = field(default_factory=lambda: ["s2", "copdem"])
-    crs: str | None = None
-    resolution: float | None = None
-    stac_url: str = EARTH_SEARCH
-    max_cloud: float | None = 20.0
-    composite: str = "median"
-    mask_snow: bool = False
-    max_items: int | None = 100
-    sign: str = "none"
-
-    def normalized(self) -> DownloadRequest:
-        """Checked, with canonical values (parsed bbox, dates, CRS string)."""
-        if self.composite not in COMPOSITES:
-            raise InputError(f"--composite {self.composite!r}: choose {' or '.join(COMPOSITES)}")
-        if self.max_cloud is not None and not 0 <= self.max_cloud <= 100:
-            raise InputError(f"--max-cloud {self.max_cloud}: must be within 0..100 (percent)")
-        crs = parse_crs(self.crs)
-        return DownloadRequest(
-            bbox=parse_bbox(self.bbox),
-            dates=parse_dates("/".join(self.dates)),
-            collections=[p.name for p in parse_products(",".join(self.collections))],
-            crs=crs.to_string() if crs else None,
-            resolution=float(self.resolution) if self.resolution else None,
-            stac_url=self.stac_url.rstrip("/"),
-            max_cloud=self.max_cloud,
-            composite=self.composite,
-            mask_snow=self.mask_snow,
-            max_items=self.max_items,
-            sign=self.sign,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples as lists, as read back
+__all__ = [
+    "COMPOSITES",
+    "DEM_NODATA",
+    "FORMAT",
+    "DownloadOptions",
+    "DownloadRequest",
+    "download",
+    "grid_for",
+]
 
 
-@dataclass
-class DownloadOptions:
-    """How to run (not part of the request): retries, timeouts, progress, overwrite."""
-
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: float = 30.0
-    progress: bool = True
-    overwrite: bool = False
-    window: int = 512
-    token_url: str | None = None
-    signing: Signing | None = None  # overrides ``request.sign``
-    log: Callable[[str], None] | None = None
-
-
-def grid_for(req: DownloadRequest) -> Grid:
-    """The target grid of a (normalized) request."""
-    products = [PRODUCTS[n] for n in req.collections]
-    image = [p for p in products if p.kind == "image"]
-    res = req.resolution or (image[0].resolution_m if image else 30.0)
-    return target_grid(req.bbox, parse_crs(req.crs), res)
-
-
-def _slim(product: Product, item: dict[str, Any]) -> dict[str, Any]:
-    """What provenance.json keeps of an item: ids, date, cloud cover, the hrefs read."""
-    props = item.get("properties", {})
-    wanted = [*product.bands, *([product.mask] if product.mask else [])]
-    assets = {b.name: item["assets"][product.asset_key(item, b)]["href"] for b in wanted}
-    out: dict[str, Any] = {
-        "id": str(item.get("id")),
-        "collection": item.get("collection") or product.collection,
-        "product": product.name,
-        "datetime": props.get("datetime"),
-        "date": str(props.get("datetime") or props.get("start_datetime") or "")[:10],
-        "cloud_cover": props.get("eo:cloud_cover"),
-        "platform": props.get("platform"),
-        "assets": assets,
-    }
-    if product.kind == "image":
-        scale, offset = reflectance_coefficients(product, item)
-        out["reflectance"] = {"scale": scale, "offset": offset}
-        for k in ("s2:processing_baseline", "earthsearch:boa_offset_applied"):
-            if k in props:
-                out[k] = props[k]
-    return out
-
-
-class _Run:
-    """One download into ``out``: provenance bookkeeping and the output writers."""
+class _Run(Provenance):
+    """One download into ``out``: the output writers, on the bookkeeping of
+    :class:`~demgen.sources.provenance.Provenance`."""
 
     def __init__(self, req: DownloadRequest, out: Path, opts: DownloadOptions) -> None:
-        self.req, self.out, self.opts = req, out, opts
-        self.grid = grid_for(req)
-        self.products = [PRODUCTS[n] for n in req.collections]
         self.signing = opts.signing or make_signing(req.sign, opts.retry, opts.token_url)
-        self.prov_path = out / "provenance.json"
-        self.prov = self._load()
-
-    def log(self, msg: str) -> None:
-        if self.opts.log:
-            self.opts.log(msg)
-
-    def _load(self) -> dict[str, Any]:
-        fresh = {
-            "format": FORMAT,
-            "created_by": f"demgen {__version__}",
-            "request": self.req.to_dict(),
-            "grid": self.grid.to_dict(),
-            "search": None,
-            "outputs": {},
-        }
-        if self.prov_path.is_file():
-            try:
-                old = json.loads(self.prov_path.read_text())
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{self.prov_path}: unreadable ({exc})") from exc
-            if old.get("request") == fresh["request"] and old.get("format") == FORMAT:
-                return old
-            if not self.opts.overwrite:
-                raise InputError(
-                    f"{self.out} holds a download of another request (see its "
-                    "provenance.json); pass --overwrite or choose another folder"
-                )
-        elif self.out.is_dir() and any(self.out.iterdir()) and not self.opts.overwrite:
-            raise InputError(f"{self.out}: not empty and no provenance.json (pass --overwrite)")
-        return fresh
-
-    def save(self) -> None:
-        write_json(self.prov_path, self.prov)
-
-    def complete(self, key: str) -> bool:
-        rec = self.prov["outputs"].get(key)
-        if not rec or not rec.get("complete"):
-            return False
-        for name, size in rec["files"].items():
-            p = self.out / name
-            if not p.is_file() or p.stat().st_size != size:
-                return False
-        return True
-
-    def mark(self, key: str, names: list[str], **extra: Any) -> None:
-        files = {n: (self.out / n).stat().st_size for n in names}
-        self.prov["outputs"][key] = {"complete": True, "files": files, **extra}
-        self.save()
-
-    # -- search --------------------------------------------------------------------------
-    def searched(self) -> dict[str, Any]:
-        if self.prov.get("search"):
-            self.log("search: reusing the items recorded in provenance.json")
-            return self.prov["search"]
-        client = open_client(self.req.stac_url, self.opts.retry, self.opts.timeout)
-        result: dict[str, Any] = {}
-        for p in self.products:
-            res = search(
-                client,
-                p.collection,
-                self.req.bbox,
-                self.req.dates if p.dated else None,
-                max_cloud=self.req.max_cloud if p.cloud_property else None,
-                cloud_property=p.cloud_property,
-                platforms=p.platforms,
-                max_items=self.req.max_items,
-                url=self.req.stac_url,
-            )
-            if not res.items:
-                why = (
-                    f"; {len(res.rejected)} rejected, e.g. {res.rejected[0]['reason']}"
-                    if res.rejected
-                    else ""
-                )
-                when = f" in {self.req.dates[0]}/{self.req.dates[1]}" if p.dated else ""
-                raise InputError(
-                    f"no {p.collection} items at {self.req.stac_url} over bbox "
-                    f"{','.join(f'{v:g}' for v in self.req.bbox)}{when}{why}"
-                )
-            self.log(f"{p.collection}: {len(res.items)} item(s), {len(res.rejected)} rejected")
-            result[p.name] = {
-                "collection": p.collection,
-                "server_query": res.server_query,
-                "items": [_slim(p, i) for i in res.items],
-                "rejected": res.rejected,
-            }
-        self.prov["search"] = result
-        self.save()
-        return result
+        super().__init__(req, out, opts)
 
     # -- imagery -------------------------------------------------------------------------
-    def by_date(self, items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for it in items:
-            groups.setdefault(it["date"], []).append(it)
-        for g in groups.values():
-            g.sort(key=lambda i: (i["cloud_cover"] is None, i["cloud_cover"] or 0.0, i["id"]))
-        return dict(sorted(groups.items()))
-
     def readers(self, product: Product, item: dict[str, Any], cache: dict) -> list[AssetReader]:
         if item["id"] not in cache:
             kw = {"policy": self.opts.retry, "signing": self.signing}

@@ -24,8 +24,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from demgen.data.align import Grid
 from demgen.errors import InputError
+from demgen.io.grid import Grid
 
 MAX_PIXELS = 40_000 * 40_000  # a guard against a box in degrees read as metres
 

@@ -25,8 +25,8 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from demgen.data.align import Grid
 from demgen.io.geodesy import mean_pixel_size_m, pixel_size_m, pixel_size_m_of
+from demgen.io.grid import Grid
 from demgen.sources.signing import NoSigning, Signing
 from demgen.sources.stac import RetryPolicy, with_retries
 

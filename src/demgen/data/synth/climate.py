@@ -39,7 +39,7 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from demgen.data.synth.terrain import mix_key
+from demgen.data.synth.noise import mix_key
 from demgen.errors import InputError
 
 # (low, high) of each uniform draw, as fractions of the scene's span (see the module docstring)

@@ -37,10 +37,13 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from demgen.data.synth.config import SYNTH_VERTICAL_CRS, SceneConfig
+from demgen.data.synth.noise import fbm, hash_unit, mix_key
 from demgen.data.synth.render import render_tile, shadow_steps
-from demgen.data.synth.terrain import SNOW, WATER, fbm, hash_unit, mix_key
+from demgen.data.synth.terrain import SNOW, WATER
+from demgen.data.synth.tiling import normals_block, read_padded, scene_tiles, tile_coords
+from demgen.io.raster import NODATA, geotiff_profile, open_writer
 
-NODATA = -9999.0
 STEREO_FILES: tuple[str, ...] = ("initial_dsm.tif", "ortho2.tif", "triangulation_error.tif")
 
 
@@ -233,22 +236,17 @@ def parallax_shift(img: np.ndarray, shift: np.ndarray, m: int) -> np.ndarray:
 
 
 def write_stereo(
-    scene_dir: Path, cfg: Any, stereo: StereoConfig | None = None, *, dsm_max: float | None = None
+    scene_dir: Path,
+    cfg: SceneConfig,
+    stereo: StereoConfig | None = None,
+    *,
+    dsm_max: float | None = None,
 ) -> list[str]:
     """Write the stereo layers into ``scene_dir`` (which holds the finished scene rasters).
 
-    ``cfg`` is the resolved :class:`~demgen.data.synth.world.SceneConfig`; ``dsm_max`` the
+    ``cfg`` is the resolved :class:`~demgen.data.synth.config.SceneConfig`; ``dsm_max`` the
     scene's highest DSM value (read from dsm.tif when not given). Returns the file names.
     """
-    from demgen.data.synth.world import (
-        SYNTH_VERTICAL_CRS,
-        _coords,
-        _normals_block,
-        _read_padded,
-        _tiles,
-    )
-    from demgen.io.raster import geotiff_profile, open_writer
-
     st = stereo or StereoConfig()
     d = Path(scene_dir)
     size, px = cfg.size, cfg.pixel_size
@@ -295,12 +293,12 @@ def write_stereo(
             if st.ndvi
             else None
         )
-        for r0, c0, th, tw in _tiles(size, cfg.tile):
+        for r0, c0, th, tw in scene_tiles(size, cfg.tile):
             win = Window(c0, r0, tw, th)
             dsm = _read_edge(r_dsm, 1, r0, c0, th, tw, halo, size).astype(np.float32)
             dtm = _read_edge(r_dtm, 1, r0, c0, th, tw, halo, size).astype(np.float32)
             lc = r_lc.read(1, window=win)
-            xm, ym, gcol, grow = _coords(cfg, r0, c0, th, tw)
+            xm, ym, gcol, grow = tile_coords(cfg, r0, c0, th, tw)
             init, tri = stereo_tile(
                 dsm, dtm, lc, halo, gcol, grow, xm, ym, seed=cfg.seed, pixel_size=px,
                 sun_azimuth=cfg.sun_azimuth, sun_elevation=cfg.sun_elevation, cfg=st,
@@ -320,10 +318,10 @@ def write_stereo(
             bottom = max([1] + [dr for dr, _, _ in steps])
             left = max([1] + [-dc for _, dc, _ in steps])
             right = max([1] + [dc for _, dc, _ in steps])
-            dsm_pad = _read_padded(r_dsm, ra, ca, gh, gw, (top, bottom, left, right), size,
+            dsm_pad = read_padded(r_dsm, ra, ca, gh, gw, (top, bottom, left, right), size,
                                    -np.inf)  # fmt: skip
-            nblk = _normals_block(dsm_pad, top, left, ra, ca, gh, gw, size)
-            gxm, gym, ggc, ggr = _coords(cfg, ra, ca, gh, gw)
+            nblk = normals_block(dsm_pad, top, left, ra, ca, gh, gw, size)
+            gxm, gym, ggc, ggr = tile_coords(cfg, ra, ca, gh, gw)
             img2, _ = render_tile(
                 dsm_pad, top, left, r_dtm.read(1, window=gwin), r_lc.read(1, window=gwin),
                 gxm, gym, ggc, ggr, seed=cfg.seed, pixel_size=px, sun_azimuth=az2,

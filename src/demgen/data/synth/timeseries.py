@@ -39,6 +39,12 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from demgen.data.synth.climate import Climate
+from demgen.data.synth.config import (
+    SYNTH_VERTICAL_CRS,
+    SceneConfig,
+    resolve_config,
+    scene_transform,
+)
 from demgen.data.synth.growth import BlockGrid, urban_fields
 from demgen.data.synth.render import BANDS, ROOF_VARIANTS, SPECTRA, render_tile, shadow_steps
 from demgen.data.synth.seasons import (
@@ -62,17 +68,8 @@ from demgen.data.synth.terrain import (
     fbm,
     mix_key,
 )
-from demgen.data.synth.world import (
-    SYNTH_VERTICAL_CRS,
-    SceneConfig,
-    _coords,
-    _normals_block,
-    _read_padded,
-    _tiles,
-    generate_scene,
-    resolve_config,
-    scene_transform,
-)
+from demgen.data.synth.tiling import normals_block, read_padded, scene_tiles, tile_coords
+from demgen.data.synth.world import generate_scene
 from demgen.data.timelayout import (
     TIMES_FILE,
     add_months,
@@ -134,8 +131,8 @@ def series_dates(ts: TimeSeriesConfig) -> list[Any]:
 
 def _slope(r_dtm: Any, r0: int, c0: int, h: int, w: int, size: int, px: float) -> np.ndarray:
     """tan(slope) of a DTM tile from central differences, edge-replicated at scene borders."""
-    pad = _read_padded(r_dtm, r0, c0, h, w, (1, 1, 1, 1), size, 0.0)
-    z = _normals_block(pad, 1, 1, r0, c0, h, w, size)
+    pad = read_padded(r_dtm, r0, c0, h, w, (1, 1, 1, 1), size, 0.0)
+    z = normals_block(pad, 1, 1, r0, c0, h, w, size)
     gx = (z[1:-1, 2:] - z[1:-1, :-2]) / (2 * px)
     gy = (z[:-2, 1:-1] - z[2:, 1:-1]) / (2 * px)
     return np.sqrt(gx * gx + gy * gy)
@@ -144,14 +141,14 @@ def _slope(r_dtm: Any, r0: int, c0: int, h: int, w: int, size: int, px: float) -
 def _scan_blocks(base: Path, cfg: SceneConfig, tiles: list) -> BlockGrid:
     """Block grid of the scene with the base land cover, buildability and road counts."""
     assert cfg.sea_level is not None
-    xa, ya, _, _ = _coords(cfg, 0, 0, cfg.size, cfg.size)
+    xa, ya, _, _ = tile_coords(cfg, 0, 0, cfg.size, cfg.size)
     grid = BlockGrid.empty(xa, ya)
     with rasterio.open(base / "landcover.tif") as r_lc, rasterio.open(base / "dtm.tif") as r_dtm:
         for r0, c0, th, tw in tiles:
             win = Window(c0, r0, tw, th)
             lc, dtm = r_lc.read(1, window=win), r_dtm.read(1, window=win)
             slope = _slope(r_dtm, r0, c0, th, tw, cfg.size, cfg.pixel_size)
-            xm, ym, _, _ = _coords(cfg, r0, c0, th, tw)
+            xm, ym, _, _ = tile_coords(cfg, r0, c0, th, tw)
             grid.add_tile(xm, ym, lc, dtm, slope, cfg.sea_level, cfg.seed)
     return grid
 
@@ -162,7 +159,7 @@ def _write_series(tmp: Path, cfg: SceneConfig, ts: TimeSeriesConfig, progress: b
     snow_line_m = Climate.from_dict(cfg.climate).snow_line_m  # this scene's drawn climate
     crs = CRS.from_user_input(cfg.crs)
     transform = scene_transform(cfg)
-    tiles = _tiles(size, cfg.tile)
+    tiles = scene_tiles(size, cfg.tile)
     grid = _scan_blocks(base, cfg, tiles)
     t_dev = grid.simulate(seed, ts.times, ts.months_between, ts.urban_rate, ts.road_rate)
     dates = series_dates(ts)
@@ -205,7 +202,7 @@ def _write_series(tmp: Path, cfg: SceneConfig, ts: TimeSeriesConfig, progress: b
                     win = Window(c0, r0, tw, th)
                     lc0 = r_lc.read(1, window=win)
                     dtm, dsm0 = r_dtm.read(1, window=win), r_dsm.read(1, window=win)
-                    xm, ym, _, _ = _coords(cfg, r0, c0, th, tw)
+                    xm, ym, _, _ = tile_coords(cfg, r0, c0, th, tw)
                     u = urban_fields(grid, xm, ym, lc0, seed, t, ts.months_between)
                     built_up = u["road"] | u["developed"]
                     lc = lc0.copy()
@@ -238,7 +235,7 @@ def _write_series(tmp: Path, cfg: SceneConfig, ts: TimeSeriesConfig, progress: b
                     win = Window(c0, r0, tw, th)
                     lc0, lc = r_lc.read(1, window=win), r_lc_t.read(1, window=win)
                     dtm = r_dtm.read(1, window=win)
-                    xm, ym, gcol, grow = _coords(cfg, r0, c0, th, tw)
+                    xm, ym, gcol, grow = tile_coords(cfg, r0, c0, th, tw)
                     u = urban_fields(grid, xm, ym, lc0, seed, t, ts.months_between)
 
                     def surface(
@@ -260,8 +257,8 @@ def _write_series(tmp: Path, cfg: SceneConfig, ts: TimeSeriesConfig, progress: b
                         max([1] + [-dc for _, dc, _ in steps]),
                         max([1] + [dc for _, dc, _ in steps]),
                     )
-                    dsm_pad = _read_padded(r_dsm_t, r0, c0, th, tw, pads, size, -np.inf)
-                    nblk = _normals_block(dsm_pad, pads[0], pads[2], r0, c0, th, tw, size)
+                    dsm_pad = read_padded(r_dsm_t, r0, c0, th, tw, pads, size, -np.inf)
+                    nblk = normals_block(dsm_pad, pads[0], pads[2], r0, c0, th, tw, size)
                     img, cl = render_tile(
                         dsm_pad, pads[0], pads[2], dtm, lc, xm, ym, gcol, grow,
                         seed=seed, pixel_size=px, sun_azimuth=cfg.sun_azimuth,

@@ -15,22 +15,30 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.transform import Affine
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from demgen.data.synth.climate import Climate, draw_climate
+from demgen.data.synth.climate import Climate
+from demgen.data.synth.config import (
+    RELIEFS,
+    SCENE_FILES,
+    SYNTH_VERTICAL_CRS,
+    SceneConfig,
+    resolve_config,
+    scene_transform,
+    validate_config,
+)
 from demgen.data.synth.render import BANDS, render_tile, shadow_steps
+from demgen.data.synth.stereo import STEREO_FILES, StereoConfig, write_stereo
 from demgen.data.synth.terrain import (
     CLASSES,
     LC_HALO,
@@ -39,171 +47,24 @@ from demgen.data.synth.terrain import (
     erode,
     terrain_elevation,
 )
+from demgen.data.synth.tiling import normals_block, read_padded, scene_tiles, tile_coords
 from demgen.errors import InputError
-from demgen.io.geodesy import UNKNOWN_DATUM
 from demgen.io.jsonio import dumps, write_json
 from demgen.io.raster import geotiff_profile, open_writer
 
-# Synthetic heights are relative to no geoid or ellipsoid: tagged so on dtm.tif and dsm.tif
-# (and the stereo initial DSM), so nothing downstream mistakes them for EGM2008 heights.
-SYNTH_VERTICAL_CRS = UNKNOWN_DATUM
-RELIEFS: tuple[str, ...] = ("plains", "hills", "alpine")
-SCENE_FILES: tuple[str, ...] = (
-    "dtm.tif",
-    "dsm.tif",
-    "image.tif",
-    "landcover.tif",
-    "clouds.tif",
-    "scene.json",
-)
-
-
-@dataclass
-class SceneConfig:
-    """Parameters of one synthetic scene (square, north-up, projected CRS)."""
-
-    size: int = 512  # pixels per side (square scenes)
-    seed: int = 0
-    relief: str = "hills"  # "plains" | "hills" | "alpine"
-    pixel_size: float = 10.0  # metres
-    crs: str = "EPSG:32633"
-    origin: tuple[float, float] | None = None  # upper-left (x, y); default derived from seed
-    elevation_range: tuple[float, float] | None = None  # metres; default from preset
-    sea_level: float | None = None  # metres; default from preset
-    sun_azimuth: float = 150.0
-    sun_elevation: float = 40.0
-    haze: float = 0.1
-    cloud_cover: float = 0.0
-    erosion_iterations: int = 30
-    tile: int = 512  # processing tile (memory bound)
-    max_shadow_px: int = 256  # longest cast-shadow ray, pixels
-    stereo: bool = False  # also write initial_dsm.tif, ortho2.tif, triangulation_error.tif ...
-    # land-cover lines and aerosol factor (synth/climate.py Climate fields); default: drawn
-    # from the seed relative to the elevation range, so every scene has its own
-    climate: dict[str, float] | None = None
-
-
-def validate_config(config: SceneConfig) -> None:
-    """Raise InputError (one line) for values the generator cannot honour."""
-    c = config
-    if not isinstance(c.size, int | np.integer) or c.size < 32:
-        raise InputError(f"size must be an integer >= 32, got {c.size!r}")
-    if c.relief not in RELIEFS:
-        raise InputError(f"relief must be one of {', '.join(RELIEFS)}, got {c.relief!r}")
-    if not (math.isfinite(c.pixel_size) and c.pixel_size > 0):
-        raise InputError(f"pixel_size must be > 0 metres, got {c.pixel_size!r}")
-    if not (0 < c.sun_elevation <= 90):
-        raise InputError(f"sun_elevation must be in (0, 90] degrees, got {c.sun_elevation!r}")
-    if not math.isfinite(c.sun_azimuth):
-        raise InputError(f"sun_azimuth must be finite, got {c.sun_azimuth!r}")
-    if not (0 <= c.cloud_cover <= 1):
-        raise InputError(f"cloud_cover must be in [0, 1], got {c.cloud_cover!r}")
-    if not (0 <= c.haze <= 1):
-        raise InputError(f"haze must be in [0, 1], got {c.haze!r}")
-    if c.elevation_range is not None:
-        lo, hi = c.elevation_range
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise InputError(f"elevation_range must be (min, max) with min < max, got {lo}, {hi}")
-    if c.sea_level is not None and not math.isfinite(c.sea_level):
-        raise InputError(f"sea_level must be finite, got {c.sea_level!r}")
-    if not isinstance(c.erosion_iterations, int | np.integer) or c.erosion_iterations < 0:
-        raise InputError(f"erosion_iterations must be >= 0, got {c.erosion_iterations!r}")
-    if not isinstance(c.tile, int | np.integer) or c.tile < 16:
-        raise InputError(f"tile must be an integer >= 16, got {c.tile!r}")
-    if not isinstance(c.max_shadow_px, int | np.integer) or c.max_shadow_px < 0:
-        raise InputError(f"max_shadow_px must be >= 0, got {c.max_shadow_px!r}")
-    if c.climate is not None:
-        Climate.from_dict(c.climate)  # raises InputError on a bad climate
-    try:
-        crs = CRS.from_user_input(c.crs)
-    except Exception as exc:  # rasterio raises CRSError
-        raise InputError(f"crs {c.crs!r} is not a valid CRS") from exc
-    if not crs.is_projected:
-        raise InputError(f"crs must be projected (metres), got {c.crs!r}")
-
-
-def resolve_config(config: SceneConfig) -> SceneConfig:
-    """Fill defaults (elevation range, sea level, origin, climate) so the scene is fully
-    specified: the climate is drawn from the seed and the elevation range unless given."""
-    validate_config(config)
-    preset = PRESETS[config.relief]
-    er = config.elevation_range or preset.elevation_range
-    sea = preset.sea_level if config.sea_level is None else config.sea_level
-    origin = config.origin
-    if origin is None:
-        rng = random.Random(config.seed * 7919 + 17)
-        extent = config.size * config.pixel_size
-        x = rng.uniform(200_000.0, max(200_000.0, 800_000.0 - extent))
-        y = rng.uniform(1_000_000.0 + extent, 8_000_000.0)
-        px = config.pixel_size
-        origin = (round(x / px) * px, round(y / px) * px)
-    er = (float(er[0]), float(er[1]))
-    climate = (
-        draw_climate(config.seed, er)
-        if config.climate is None
-        else Climate.from_dict(config.climate)
-    )
-    return replace(
-        config,
-        climate=climate.to_dict(),
-        elevation_range=er,
-        sea_level=float(sea),
-        origin=(float(origin[0]), float(origin[1])),
-    )
-
-
-def scene_transform(cfg: SceneConfig) -> Affine:
-    """North-up affine transform of a resolved config (upper-left origin, square pixels)."""
-    assert cfg.origin is not None
-    return Affine(cfg.pixel_size, 0.0, cfg.origin[0], 0.0, -cfg.pixel_size, cfg.origin[1])
-
-
-def _tiles(size: int, tile: int) -> list[tuple[int, int, int, int]]:
-    out = []
-    for r0 in range(0, size, tile):
-        for c0 in range(0, size, tile):
-            out.append((r0, c0, min(tile, size - r0), min(tile, size - c0)))
-    return out
-
-
-def _coords(cfg: SceneConfig, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, ...]:
-    """Map coordinates of pixel centres (xm (1, w), ym (h, 1)) and global pixel indices."""
-    assert cfg.origin is not None
-    px = cfg.pixel_size
-    cols = np.arange(c0, c0 + w, dtype=np.int64)
-    rows = np.arange(r0, r0 + h, dtype=np.int64)
-    xm = (cfg.origin[0] + (cols + 0.5) * px)[None, :]
-    ym = (cfg.origin[1] - (rows + 0.5) * px)[:, None]
-    gcol = (cols + round(cfg.origin[0] / px))[None, :]
-    grow = (rows - round(cfg.origin[1] / px))[:, None]
-    return xm, ym, gcol, grow
-
-
-def _read_padded(ds: Any, r0: int, c0: int, h: int, w: int, pads: tuple[int, int, int, int],
-                 size: int, fill: float) -> np.ndarray:  # fmt: skip
-    """Read [r0-top, r0+h+bottom) x [c0-left, c0+w+right), `fill` outside the scene."""
-    top, bottom, left, right = pads
-    out = np.full((h + top + bottom, w + left + right), fill, dtype=np.float32)
-    ra, rb = max(0, r0 - top), min(size, r0 + h + bottom)
-    ca, cb = max(0, c0 - left), min(size, c0 + w + right)
-    data = ds.read(1, window=Window(ca, ra, cb - ca, rb - ra)).astype(np.float32)
-    out[ra - (r0 - top) : rb - (r0 - top), ca - (c0 - left) : cb - (c0 - left)] = data
-    return out
-
-
-def _normals_block(dsm_pad: np.ndarray, top: int, left: int, r0: int, c0: int, h: int, w: int,
-                   size: int) -> np.ndarray:  # fmt: skip
-    """Tile DSM with a 1-pixel rim, edge-replicated at scene borders (for surface normals)."""
-    blk = dsm_pad[top - 1 : top + h + 1, left - 1 : left + w + 1].copy()
-    if r0 == 0:
-        blk[0] = blk[1]
-    if r0 + h == size:
-        blk[-1] = blk[-2]
-    if c0 == 0:
-        blk[:, 0] = blk[:, 1]
-    if c0 + w == size:
-        blk[:, -1] = blk[:, -2]
-    return blk
+# the configuration lives in demgen.data.synth.config; these names are re-exported here
+__all__ = [
+    "RELIEFS",
+    "SCENE_FILES",
+    "SYNTH_VERTICAL_CRS",
+    "SceneConfig",
+    "generate_scene",
+    "generate_world",
+    "resolve_config",
+    "scene_transform",
+    "stereo_files",
+    "validate_config",
+]
 
 
 def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
@@ -214,7 +75,7 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
     size, px = cfg.size, cfg.pixel_size
     transform = scene_transform(cfg)
     crs = CRS.from_user_input(cfg.crs)
-    tiles = _tiles(size, cfg.tile)
+    tiles = scene_tiles(size, cfg.tile)
     n_it = int(cfg.erosion_iterations)
     halo = 2 * n_it + LC_HALO
     span = cfg.elevation_range[1] - cfg.elevation_range[0]
@@ -241,7 +102,7 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
                         tags={"classes": classes_json}) as w_lc,
         ):  # fmt: skip
             for r0, c0, th, tw in tiles:
-                xm, ym, _, _ = _coords(cfg, r0 - halo, c0 - halo, th + 2 * halo, tw + 2 * halo)
+                xm, ym, _, _ = tile_coords(cfg, r0 - halo, c0 - halo, th + 2 * halo, tw + 2 * halo)
                 h = terrain_elevation(xm, ym, cfg.seed, preset, cfg.elevation_range, px)
                 h = erode(h, n_it, px, preset.talus_deg, span)
                 e = 2 * n_it
@@ -281,9 +142,9 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
                 left = max([1] + [-dc for _, dc, _ in steps])
                 right = max([1] + [dc for _, dc, _ in steps])
                 pads = (top, bottom, left, right)
-                dsm_pad = _read_padded(r_dsm, r0, c0, th, tw, pads, size, -np.inf)
-                nblk = _normals_block(dsm_pad, top, left, r0, c0, th, tw, size)
-                xm, ym, gcol, grow = _coords(cfg, r0, c0, th, tw)
+                dsm_pad = read_padded(r_dsm, r0, c0, th, tw, pads, size, -np.inf)
+                nblk = normals_block(dsm_pad, top, left, r0, c0, th, tw, size)
+                xm, ym, gcol, grow = tile_coords(cfg, r0, c0, th, tw)
                 img, cl = render_tile(
                     dsm_pad, top, left, dtm, lc, xm, ym, gcol, grow,
                     seed=cfg.seed, pixel_size=px, sun_azimuth=cfg.sun_azimuth,
@@ -295,8 +156,6 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
                 bar.update()
 
     if cfg.stereo:
-        from demgen.data.synth.stereo import write_stereo
-
         write_stereo(tmp, cfg, dsm_max=dsm_max)
     total = max(1, int(counts.sum()))
     return {
@@ -309,8 +168,6 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
 
 def stereo_files() -> list[str]:
     """Files a ``stereo=True`` scene adds (see :mod:`demgen.data.synth.stereo`)."""
-    from demgen.data.synth.stereo import STEREO_FILES, StereoConfig
-
     return list(STEREO_FILES) + (["ndvi.tif"] if StereoConfig().ndvi else [])
 
 

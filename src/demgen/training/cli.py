@@ -1,38 +1,5 @@
-"""Training from YAML configs: ``demgen fit`` is :func:`fit` is Lightning's ``LightningCLI``.
-
-A config names a task class (any :mod:`demgen.tasks` LightningModule, ``class_path`` +
-``init_args``) and a data module (:class:`~demgen.data.datamodule.ChipDataModule` over a chip
-store, or :class:`~demgen.data.synth_datamodule.SynthWorldDataModule`, which makes its own),
-plus any ``trainer`` options; every key can be overridden on the command line
-(``--trainer.max_epochs 5 --data.store chips/ --model.init_args.lr 1e-3``)::
-
-    from demgen.training import fit
-    run_dir = fit(["--config", "configs/quick.yaml", "--trainer.max_epochs", "3"])
-
-What ``fit`` adds to plain LightningCLI, so every run is comparable and resumable:
-
-- the data module's normalization dicts are linked into the task's ``image_norm`` and
-  ``elevation_norm`` when both are built, so configs never hard-code statistics; so are the
-  store's chip size, pixel size in metres (:func:`store_pixel_size`: what ``demgen predict``
-  checks an image's resolution against; None, no check, for ungeoreferenced ``.npz``
-  stores) and vertical datum (:func:`store_vertical_crs`), and a refinement task's layers;
-- callbacks (:mod:`demgen.training_callbacks`): ModelCheckpoint (``best.ckpt`` on the lowest
-  ``val_mae_m``, or the task's ``monitor``, e.g. ``val_mae_rel_m`` for relative models, and
-  ``last.ckpt``), EarlyStopping on the same metric, LearningRateMonitor (each configurable as
-  ``--checkpoint.*``, ``--early_stopping.*``, ``--lr_monitor.*``), :class:`RNGState` (the
-  random generators are saved in checkpoints so a resumed run draws the same shuffles and
-  augmentations as an uninterrupted one) and :class:`CheckpointInfo` (task class, bands,
-  normalization, chip size in every checkpoint);
-- loggers: CSV and TensorBoard (when installed) in one predictable run folder
-  ``<run_root>/<config name>/version_N/`` (``metrics.csv``, ``config.yaml``, ``tensorboard/``,
-  ``checkpoints/``), plus ``learning_curves.png`` at the end;
-- ``--ckpt_path last`` resumes the newest run of that config that has a ``last.ckpt``, in the
-  same folder, appending to its ``metrics.csv``;
-- ``--precision auto|bf16|32`` (:func:`demgen.precision.resolve_precision`; default ``auto``)
-  sets ``--trainer.precision``; channels_last is the tasks' default memory format.
-
-Scale-out is Lightning's own: ``--trainer.strategy ddp --trainer.devices N`` (and
-``--trainer.num_nodes`` under torchrun or SLURM).
+"""``demgen fit``: LightningCLI with demgen's defaults (links, callbacks, run folder, loggers,
+resume); the package docstring (:mod:`demgen.training`) says what each adds.
 """
 
 from __future__ import annotations
@@ -46,39 +13,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from demgen.errors import InputError
 from demgen.io.checkpoint import read_checkpoint
 from demgen.precision import precision_reason, resolve_precision
+from demgen.training.links import (
+    chip_size_of,
+    extras_of,
+    input_norms_of,
+    normalization_of,
+    store_pixel_size,
+    store_vertical_crs,
+)
+from demgen.training.runs import RUN_DIR_ENV, is_global_zero, version_dirs
 from demgen.training_callbacks import (
     CheckpointInfo,
     RNGState,
     RunCSVLogger,
-    SeenChips,
     _tensorboard_available,
     trim_metrics,
 )
 
-__all__ = [
-    "MONITOR",
-    "CheckpointInfo",
-    "DemgenCLI",
-    "RNGState",
-    "RunCSVLogger",
-    "SeenChips",
-    "build_cli",
-    "first_line",
-    "fit",
-    "seen_chips",
-    "store_pixel_size",
-    "store_vertical_crs",
-    "trim_metrics",
-]
-
-RUN_DIR_ENV = "DEMGEN_FIT_RUN_DIR"  # set by rank 0 so DDP child processes log to its folder
 MONITOR = "val_mae_m"
 
 DESCRIPTION = """\
@@ -92,79 +49,6 @@ Train a demgen task from a LightningCLI YAML config (see configs/ and README "Tr
 The run goes to RUN_ROOT/CONFIG_NAME/version_N/ (printed): metrics.csv, config.yaml,
 tensorboard/, checkpoints/best.ckpt and last.ckpt, learning_curves.png.
 """
-
-
-def _version_dirs(folder: Path) -> list[tuple[int, Path]]:
-    out = []
-    for d in folder.glob("version_*") if folder.is_dir() else []:
-        suffix = d.name.removeprefix("version_")
-        if d.is_dir() and suffix.isdigit():
-            out.append((int(suffix), d))
-    return sorted(out)
-
-
-def _is_global_zero() -> bool:
-    """Rank 0 before the trainer exists (torchrun sets RANK, SLURM SLURM_PROCID, Lightning's
-    DDP launcher LOCAL_RANK and NODE_RANK in its child processes)."""
-    keys = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
-    return all(os.environ.get(k, "0") == "0" for k in keys)
-
-
-# --- the CLI --------------------------------------------------------------------------------
-
-
-def _norm(key: str) -> Callable[[Any], dict[str, Any]]:
-    def compute(dm: Any) -> dict[str, Any]:
-        try:
-            return dm.normalization[key]
-        except AttributeError:
-            raise InputError(
-                f"data module {type(dm).__name__} has no chip-store normalization; use "
-                "demgen.data.datamodule.ChipDataModule or SynthWorldDataModule"
-            ) from None
-
-    return compute
-
-
-def _chip_size(dm: Any) -> int:
-    store = getattr(dm, "store", None)
-    if store is None:
-        raise InputError(f"data module {type(dm).__name__} has no chip store")
-    return int(store.manifest["chip_size"])
-
-
-def store_pixel_size(dm: Any) -> float | None:
-    """The data module's pixel size in metres (``ChipDataModule.pixel_size``), linked into the
-    task's ``pixel_size`` so ``demgen predict`` refuses images of another resolution; None
-    (no check) for ungeoreferenced stores and data modules without one."""
-    size = getattr(dm, "pixel_size", None)
-    return float(size) if size else None
-
-
-def store_vertical_crs(dm: Any) -> str:
-    """The vertical datum of the data module's heights (``unknown`` where not declared),
-    linked into the task's ``vertical_crs``."""
-    return str(getattr(dm, "vertical_crs", None) or "unknown")
-
-
-def _extras(dm: Any) -> list[dict[str, Any]]:
-    store = getattr(dm, "store", None)
-    return list(store.extras) if store is not None else []
-
-
-def _input_norms(dm: Any) -> dict[str, dict[str, Any]]:
-    """Normalizations of every input a refinement task can stack from this store (the
-    anchor, the image, the nodata mask and each extra layer), fitted on its training split."""
-    store = getattr(dm, "store", None)
-    if store is None or not store.extras:
-        return {}
-    from demgen.tasks.refine import ANCHOR, NODATA_MASK, ORTHO1, fit_input_norms
-
-    layers = dict.fromkeys(e.get("layer", e["name"]) for e in store.extras)
-    names = [ANCHOR, ORTHO1, NODATA_MASK, *(n for n in layers if n != ANCHOR)]
-    if ANCHOR not in layers:
-        names.remove(ANCHOR)
-    return fit_input_norms(store, names, getattr(dm, "fold", None))
 
 
 class DemgenCLI(LightningCLI):
@@ -217,11 +101,11 @@ class DemgenCLI(LightningCLI):
             parser.link_arguments(
                 "data",
                 f"model.init_args.{key}",
-                compute_fn=_norm(key.removesuffix("_norm")),
+                compute_fn=normalization_of(key.removesuffix("_norm")),
                 apply_on="instantiate",
             )
         parser.link_arguments(
-            "data", "model.init_args.chip_size", compute_fn=_chip_size, apply_on="instantiate"
+            "data", "model.init_args.chip_size", compute_fn=chip_size_of, apply_on="instantiate"
         )
         # what prediction checks an input against: the resolution and vertical datum trained on
         parser.link_arguments(
@@ -235,10 +119,10 @@ class DemgenCLI(LightningCLI):
         # refinement tasks (RefineTask) also take the store's extra layers and their norms;
         # jsonargparse skips a link whose target the chosen task class does not have
         parser.link_arguments(
-            "data", "model.init_args.extras", compute_fn=_extras, apply_on="instantiate"
+            "data", "model.init_args.extras", compute_fn=extras_of, apply_on="instantiate"
         )
         parser.link_arguments(
-            "data", "model.init_args.input_norms", compute_fn=_input_norms, apply_on="instantiate"
+            "data", "model.init_args.input_norms", compute_fn=input_norms_of, apply_on="instantiate"
         )
 
     # the run folder is decided after parsing and before anything is built -------------------
@@ -258,7 +142,7 @@ class DemgenCLI(LightningCLI):
             configs = cfg.get("config") or []
             name = Path(os.fspath(configs[-1])).stem if configs else "fit"
         root = Path(cfg.get("run_root") or "runs") / name
-        versions = _version_dirs(root)
+        versions = version_dirs(root)
         if self.ckpt_path == "last":
             found = [d for _, d in versions if (d / "checkpoints" / "last.ckpt").is_file()]
             if not found:
@@ -279,7 +163,7 @@ class DemgenCLI(LightningCLI):
             )
         else:
             self.run_dir = root / f"version_{versions[-1][0] + 1 if versions else 0}"
-        if self.ckpt_path and _is_global_zero():
+        if self.ckpt_path and is_global_zero():
             state = read_checkpoint(self.ckpt_path)  # data only: never runs pickled code
             trim_metrics(
                 self.run_dir / "metrics.csv", int(state["epoch"]), int(state["global_step"])
@@ -414,15 +298,6 @@ def first_line(exc: BaseException) -> str:
                 detail.append(more)
             return f"{key} ({cls}): {' '.join(detail)}"
     return " ".join(lines[:3])
-
-
-def seen_chips(run_dir: str | Path) -> dict[int, np.ndarray]:
-    """``{rank: chip indices}`` recorded by :class:`SeenChips` in ``run_dir``."""
-    out = {}
-    for p in sorted(Path(run_dir).glob("seen_chips_rank*.csv")):
-        rank = int(p.stem.removeprefix("seen_chips_rank"))
-        out[rank] = np.loadtxt(p, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)[:, 1]
-    return out
 
 
 if __name__ == "__main__":  # pragma: no cover
