@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import uuid
@@ -33,7 +32,7 @@ from rasterio.transform import Affine
 from demgen.data.timelayout import TIMES_FILE, frame_dir_name, times_document
 from demgen.errors import InputError
 from demgen.io.jsonio import write_json
-from demgen.io.raster import read_raster, write_raster
+from demgen.io.raster import read_raster, replace_dir, write_raster
 
 SN7_IMAGE = re.compile(r"^global_monthly_(\d{4})_(\d{2})_mosaic_(.+)\.tif$")
 IMAGES_DIR = "images_masked"
@@ -161,13 +160,7 @@ def import_spacenet7_area(area_dir: str | Path, out_dir: str | Path) -> Path:
                    "cloud_mask": "alpha band 0 (Planet UDM, blanked in images_masked)"},
         )  # fmt: skip
         write_json(tmp / TIMES_FILE, doc)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ from rasterio.warp import reproject, transform_bounds
 
 from demgen import __version__
 from demgen.data.chips import ChipStoreWriter
-from demgen.data.normalize import ChipStats, fit_elevation_norm, fit_image_norm
 from demgen.data.prepare import PrepareConfig
 from demgen.data.splits import ChipPlace, blocked_split
 from demgen.errors import InputError
@@ -265,15 +264,10 @@ def _fit(
     bands: list[str],
     dtype: str,
 ) -> dict[str, Any]:
-    """Normalizations fitted on the training tiles only (as demgen prepare fits them)."""
-    z = np.array([[np.nan if v is None else v for v in c["z"]] for c in chips], np.float64)
-    stats = ChipStats(z[:, 0], z[:, 1], z[:, 2], z[:, 3], z[:, 4])
-    elev = fit_elevation_norm(cfg.normalize, stats.subset(train), chip)
-    pix = np.concatenate([samples[i] for i in train], axis=1).astype(np.float64)
-    img = fit_image_norm(cfg.image_normalize, pix, bands, scale=cfg.image_scale, dtype=dtype)
-    return {
-        "image": img.to_dict(),
-        "elevation": elev.to_dict(),
-        "fitted_on": "train",
-        "train_chips": len(train),
-    }
+    """Normalizations fitted on the training tiles only, exactly as demgen prepare fits them
+    (per-chip strategies at the tile size)."""
+    from demgen.data.prepare.fit import chip_stats, fit_normalizations
+
+    return fit_normalizations(
+        replace(cfg, chip_size=chip), train, chip_stats(chips), samples, bands, dtype
+    )

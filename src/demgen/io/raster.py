@@ -62,6 +62,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is swapped out (and
+    deleted) only now, so a crash earlier leaves the old folder whole."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    if out.exists():
+        trash = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically (JSON, Markdown)."""
     with atomic_path(path) as tmp:

@@ -79,7 +79,7 @@ from demgen.data.timelayout import (
 )
 from demgen.errors import InputError
 from demgen.io.jsonio import dumps, write_json
-from demgen.io.raster import geotiff_profile, open_writer
+from demgen.io.raster import geotiff_profile, open_writer, replace_dir
 
 SNOW_CLASSES = (GRASS, CROP, ROCK, SAND)  # open land a seasonal snow cover hides
 TS_FRAME_FILES: tuple[str, ...] = (
@@ -325,13 +325,7 @@ def generate_time_series(
     tmp.mkdir()
     try:
         write_json(tmp / TIMES_FILE, _write_series(tmp, cfg, ts, progress))
-        if out.exists():
-            trash = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

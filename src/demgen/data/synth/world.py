@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import uuid
 from dataclasses import asdict, replace
@@ -50,7 +49,7 @@ from demgen.data.synth.terrain import (
 from demgen.data.synth.tiling import normals_block, read_padded, scene_tiles, tile_coords
 from demgen.errors import InputError
 from demgen.io.jsonio import dumps, write_json
-from demgen.io.raster import geotiff_profile, open_writer
+from demgen.io.raster import geotiff_profile, open_writer, replace_dir
 
 # the configuration lives in demgen.data.synth.config; these names are re-exported here
 __all__ = [
@@ -211,13 +210,7 @@ def generate_scene(out_dir: str | Path, config: SceneConfig, *, progress: bool =
             "vertical_crs": SYNTH_VERTICAL_CRS,
         }
         write_json(tmp / "scene.json", meta)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
