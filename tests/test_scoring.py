@@ -130,3 +130,4 @@ def test_relative_store_heights_get_relative_metrics(tmp_path):
     errs = [np.abs(s.elevation[j] - s.elevation[j].mean()) for j in s.indices("test")]
     want = float(np.mean(np.concatenate([e.ravel() for e in errs])))
     assert r["methods"]["training_mean"]["mae_rel_m"] == pytest.approx(want, rel=1e-5)
+    assert r["methods"]["training_mean"]["r2_rel"] == pytest.approx(0.0, abs=1e-9)

@@ -17,7 +17,9 @@ layer is ``relative``) cannot know a chip's absolute level. With no coarse refer
 the store (none of demgen's stores has one yet) they are scored with explicitly relative
 metrics: every method's prediction (the model's and the baselines') is first shifted per chip
 by its mean error over the chip's valid pixels, and each metric key gets the suffix
-``_rel`` (``mae_rel_m`` ...), so a relative score is never mistaken for an absolute one.
+``_rel`` (``mae_rel_m`` ...), so a relative score is never mistaken for an absolute one;
+``r2_rel`` compares with each chip's own mean height (``1 - SSE / sum (h - mean_chip h)^2``),
+so the training-mean baseline, flat in every chip after its shift, scores exactly 0.
 The same holds for stores whose heights are themselves relative (``.npz`` imports, whose
 manifest records ``z_unit: relative``): then "metres" are the store's relative units.
 """
@@ -207,6 +209,7 @@ def score_checkpoint(
     rel_model = bool(out_layer.relative)
     preds: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     refs: list[np.ndarray] = []
+    sst_chip = 0.0  # sum of (ref - its chip's mean)^2: the R2 baseline of relative scores
     bar = tqdm(total=int(chips.size), desc=f"test {split}", unit="chip", disable=not progress)
     try:
         for s in range(0, chips.size, batch_size):
@@ -223,6 +226,8 @@ def score_checkpoint(
                     "training_mean": mean_bl.predict(image).astype(np.float64),
                     "linear_bands": lin_bl.predict(image).astype(np.float64),
                 }
+                if ok.any():
+                    sst_chip += float(np.sum((ref[ok] - ref[ok].mean()) ** 2))
                 for name, p in chip.items():
                     if relative:
                         p = _shift_per_chip(p, ref, ok)
@@ -251,7 +256,11 @@ def score_checkpoint(
         "methods": {},
     }
     for name in METHODS:
-        result["methods"][name] = _suffix(_metrics(_mosaic(preds[name]), ref_all, pixel), relative)
+        m = _metrics(_mosaic(preds[name]), ref_all, pixel)
+        if relative:  # R2 against each chip's own mean: a flat chip scores 0, not more
+            sse = m["rmse_m"] ** 2 * m["n_pixels"]
+            m["r2"] = 1.0 - sse / sst_chip if sst_chip > 0 else float("nan")
+        result["methods"][name] = _suffix(m, relative)
     if figure is not None:
         _figure(figure, preds["model"], refs, pixel, result)
     return result
@@ -273,6 +282,8 @@ def _figure(path, preds: list[np.ndarray], refs: list[np.ndarray], pixel, r) -> 
 def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
+    if abs(v) < 5e-4:
+        v = 0.0  # no "-0.000"
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
