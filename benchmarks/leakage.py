@@ -8,7 +8,11 @@ exactly in Sat2DEM's layout (``sat/sat_<n>.tif``, ``dem/dem_<n>.tif``,
 :func:`demgen.data.tiles.import_tiles` (the published random split; demgen's blocked
 split with a one-tile buffer), trains the same small U-Net for the same number of epochs
 on each, and reports the best validation MAE in metres (the held-out tiles of each
-split). Writes ``benchmarks/leakage.json``.
+split), and reports for each the best validation MAE in metres (what a user of that split
+would report: its held-out tiles) beside the MAE of the same checkpoint on a scene neither
+model saw any tile of (``demgen test`` on a store of that scene's tiles, ``--split all``).
+The ratio of the two is how much each split's own validation flatters the model. Writes
+``benchmarks/leakage.json``.
 
     .venv/bin/python benchmarks/leakage.py --quick   # 2 scenes of 256 px, 32-px tiles, 3 epochs
     .venv/bin/python benchmarks/leakage.py           # 4 scenes of 512 px, 64-px tiles, 15 epochs
@@ -39,6 +43,10 @@ from demgen.training import fit  # noqa: E402
 
 def cut_tiles(world: Path, scenes: list[Path], tile: int, seed: int) -> int:
     """Write the scenes as Sat2DEM-layout tiles; a random split_1 like the published one."""
+    return _write_tiles(world, scenes, tile, seed, with_split=True)
+
+
+def _write_tiles(world: Path, scenes: list[Path], tile: int, seed: int, with_split: bool) -> int:
     n = 0
     for scene in scenes:
         img, prof = read_raster(scene / "image.tif")
@@ -53,6 +61,8 @@ def cut_tiles(world: Path, scenes: list[Path], tile: int, seed: int) -> int:
                 write_raster(world / "dem" / f"dem_{n}.tif", dtm[0, r : r + tile, c : c + tile],
                              **kw)  # fmt: skip
                 n += 1
+    if not with_split:
+        return n
     ids = np.random.default_rng(seed).permutation(n).tolist()
     a, b = int(0.7 * n), int(0.85 * n)
     split = {"train": ids[:a], "validation": ids[a:b], "test": ids[b:]}
@@ -77,7 +87,18 @@ def train(store: Path, runs: Path, epochs: int, name: str, depth: int) -> dict:
                "false", "--trainer.enable_model_summary", "false"], log=None)  # fmt: skip
     with open(run / "metrics.csv") as f:
         maes = [float(r["val_mae_m"]) for r in csv.DictReader(f) if r.get("val_mae_m")]
-    return {"best_val_mae_m": min(maes), "epochs": len(maes), "train_s": time.time() - t0}
+    return {"best_val_mae_m": min(maes), "epochs": len(maes), "train_s": time.time() - t0,
+            "checkpoint": str(run / "checkpoints" / "best.ckpt")}  # fmt: skip
+
+
+def unseen_mae(checkpoint: str, held_store: Path, train_store: Path) -> float:
+    """MAE (m) of ``checkpoint`` on every chip of the unseen scene's store."""
+    from demgen.scoring import score_checkpoint
+    from demgen.tasks import load_task
+
+    r = score_checkpoint(load_task(checkpoint), held_store, split="all", progress=False,
+                         baseline_store=train_store)  # fmt: skip
+    return float(r["methods"]["model"]["mae_m"])
 
 
 def main() -> None:
@@ -90,13 +111,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="leakage-"))
     try:
         scenes = [generate_scene(tmp / f"scene_{i}", SceneConfig(size=size, seed=100 + i))
-                  for i in range(n_scenes)]  # fmt: skip
-        world = tmp / "world"
-        n = cut_tiles(world, scenes, tile, seed=0)
+                  for i in range(n_scenes + 1)]  # fmt: skip
+        world, held = tmp / "world", tmp / "held"
+        n = cut_tiles(world, scenes[:-1], tile, seed=0)
+        _write_tiles(held, scenes[-1:], tile, seed=0, with_split=False)
         cfg = PrepareConfig(block=2, buffer=1.0, min_blocks=6)
         random_store = import_tiles(world / "sat", world / "dem", tmp / "random", cfg,
                                     world / "dataset_splits.json", "split_1")  # fmt: skip
         blocked_store = import_tiles(world / "sat", world / "dem", tmp / "blocked", cfg)
+        held_store = import_tiles(held / "sat", held / "dem", tmp / "held_store", cfg)
         runs = tmp / "runs"
         runs.mkdir()
         res = {
@@ -106,11 +129,15 @@ def main() -> None:
         for k, store in (("random", random_store), ("blocked", blocked_store)):
             sp = json.loads((store / "manifest.json").read_text())["splits"]
             res[k].update({s: len(sp[s]) for s in ("train", "val", "test", "excluded")})
+            res[k]["unseen_scene_mae_m"] = unseen_mae(res[k].pop("checkpoint"), held_store, store)
+            # > 1: the split's own validation promised better than unseen ground delivers
+            res[k]["unseen_over_val_mae"] = res[k]["unseen_scene_mae_m"] / res[k]["best_val_mae_m"]
         flatter = res["blocked"]["best_val_mae_m"] / res["random"]["best_val_mae_m"]
         report = {
             "mode": "quick" if args.quick else "full",
             "world": {"scenes": n_scenes, "size_px": size, "tile_px": tile, "tiles": n,
-                      "pixel_size_m": 10.0, "relief": "hills"},
+                      "pixel_size_m": 10.0, "relief": "hills",
+                      "unseen_scene_seed": 100 + n_scenes},
             "epochs": epochs,
             "results": res,
             "blocked_over_random_mae": flatter,
