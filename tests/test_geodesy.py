@@ -75,3 +75,17 @@ def test_horizontal_part_of_a_compound_crs():
     assert horizontal_crs(compound) == CRS.from_epsg(32633)
     assert horizontal_crs(CRS.from_epsg(4326)) == CRS.from_epsg(4326)
     assert horizontal_crs(None) is None
+
+
+def test_web_mercator_pixels_are_measured_on_the_ground():
+    """A "10 m" EPSG:3857 pixel at 47 N covers 10 cos(47 deg) = 6.82 m of ground; at the
+    equator 10 m; UTM stays at face value."""
+    from rasterio.warp import transform as warp_points
+
+    xs, ys = warp_points("EPSG:4326", "EPSG:3857", [10.0, 10.0], [47.0, 0.0])
+    for y, lat in ((ys[0], 47.0), (ys[1], 0.0)):
+        t = from_origin(xs[0] - 50, y + 50, 10, 10)
+        x_m, y_m = pixel_size_m("EPSG:3857", t, 10, 10)
+        want = 10 * math.cos(math.radians(lat))
+        assert x_m == pytest.approx(want, rel=1e-3) and y_m == pytest.approx(want, rel=1e-3)
+    assert pixel_size_m("EPSG:32633", from_origin(500_000, 5e6, 10, 10), 10, 10) == (10.0, 10.0)

@@ -13,7 +13,7 @@ from demgen.errors import DemgenError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="the main job: synthesize, train, predict a held-out scene, evaluate",
+        help="the main job: synthesize, train, predict two held-out scenes, evaluate",
         description=(
             "Train a U-Net DEM regressor through `demgen fit --config configs/demo.yaml` (a "
             "synthetic world prepared into a chip store, training bounded by "

@@ -3,7 +3,9 @@
 Pixel size in metres, per axis, at the grid's centre:
 
 - projected CRS: the pixel size times the CRS's linear unit in metres
-  (``linear_units_factor``: 0.3048 for international feet, 0.3048006 for US survey feet);
+  (``linear_units_factor``: 0.3048 for international feet, 0.3048006 for US survey feet),
+  divided by the point scale factor for Mercator grids (:func:`mercator_scale`: web tiles
+  in EPSG:3857 are 1/cos(lat) too large on the ground);
 - geographic CRS (degrees): the lengths of one degree of longitude and of latitude on the
   WGS84 ellipsoid at the centre latitude phi (Torge & Müller, *Geodesy*, 4th ed., 3.2):
 
@@ -66,7 +68,35 @@ def pixel_size_m(
         mx, my = degree_lengths_m(max(-90.0, min(90.0, lat)))
         return px * mx, py * my
     unit = linear_unit_m(crs)
-    return px * unit, py * unit
+    scale = mercator_scale(crs, transform, width, height) if crs is not None else 1.0
+    return px * unit / scale, py * unit / scale
+
+
+def mercator_scale(crs: CRS, transform: Affine, width: int, height: int) -> float:
+    """The point scale factor of a Mercator grid at its centre, else 1.
+
+    Mercator (EPSG:3857 web tiles, EPSG:3395) stretches the ground by k = k0 / cos(lat)
+    (Snyder 1987, *Map Projections: A Working Manual*, eq. 7-8, spherical form; k0 is the
+    scale at the equator, ``cos(lat_ts)`` for the variant with a true-scale latitude), so a
+    "10 m" web-Mercator pixel at 47 N covers 6.8 m of ground. Transverse Mercator (UTM)
+    keeps k within 0.9996..1.0010 of its zone and is taken at face value, like every other
+    projection whose distortion is a fraction of a percent.
+    """
+    try:
+        params = crs.to_dict()
+    except Exception:
+        return 1.0
+    if params.get("proj") != "merc":
+        return 1.0
+    from rasterio.warp import transform as warp_points
+
+    cx = transform.c + transform.a * width / 2.0 + transform.b * height / 2.0
+    cy = transform.f + transform.d * width / 2.0 + transform.e * height / 2.0
+    _, lats = warp_points(crs, "EPSG:4326", [cx], [cy])
+    k0 = float(params.get("k", params.get("k_0", 1.0))) * math.cos(
+        math.radians(float(params.get("lat_ts", 0.0)))
+    )
+    return k0 / math.cos(math.radians(max(-89.9, min(89.9, lats[0]))))
 
 
 def pixel_size_m_of(ds: Any) -> tuple[float, float]:
