@@ -20,8 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from rasterio.transform import Affine
 from demgen.data.timelayout import TIMES_FILE, frame_dir_name, times_document
 from demgen.errors import InputError
 from demgen.io.jsonio import write_json
-from demgen.io.raster import read_raster, replace_dir, write_raster
+from demgen.io.raster import atomic_dir, read_raster, write_raster
 
 SN7_IMAGE = re.compile(r"^global_monthly_(\d{4})_(\d{2})_mosaic_(.+)\.tif$")
 IMAGES_DIR = "images_masked"
@@ -116,9 +114,7 @@ def import_spacenet7_area(area_dir: str | Path, out_dir: str | Path) -> Path:
     found = _area_images(area)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         frames, grid = [], None
         for i, (date, _, path) in enumerate(found):
             label = area / LABELS_DIR / (path.stem + LABEL_SUFFIX)
@@ -160,10 +156,6 @@ def import_spacenet7_area(area_dir: str | Path, out_dir: str | Path) -> Path:
                    "cloud_mask": "alpha band 0 (Planet UDM, blanked in images_masked)"},
         )  # fmt: skip
         write_json(tmp / TIMES_FILE, doc)
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -78,6 +78,24 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; it becomes ``out`` (replacing an
+    existing one, :func:`replace_dir`) only when the block succeeds, and is removed if not."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically (JSON, Markdown)."""
     with atomic_path(path) as tmp:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,7 @@ from demgen.data.timelayout import (
 )
 from demgen.errors import InputError
 from demgen.io.jsonio import dumps, write_json
-from demgen.io.raster import geotiff_profile, open_writer, replace_dir
+from demgen.io.raster import atomic_dir, geotiff_profile, open_writer
 
 SNOW_CLASSES = (GRASS, CROP, ROCK, SAND)  # open land a seasonal snow cover hides
 TS_FRAME_FILES: tuple[str, ...] = (
@@ -321,14 +320,8 @@ def generate_time_series(
     cfg = resolve_config(config)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         write_json(tmp / TIMES_FILE, _write_series(tmp, cfg, ts, progress))
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

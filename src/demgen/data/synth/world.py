@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
-import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ from demgen.data.synth.terrain import (
 from demgen.data.synth.tiling import normals_block, read_padded, scene_tiles, tile_coords
 from demgen.errors import InputError
 from demgen.io.jsonio import dumps, write_json
-from demgen.io.raster import geotiff_profile, open_writer, replace_dir
+from demgen.io.raster import atomic_dir, geotiff_profile, open_writer
 
 # the configuration lives in demgen.data.synth.config; these names are re-exported here
 __all__ = [
@@ -183,9 +181,7 @@ def generate_scene(out_dir: str | Path, config: SceneConfig, *, progress: bool =
     cfg = resolve_config(config)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         stats = _write_scene(tmp, cfg, progress)
         assert cfg.origin is not None
         transform = scene_transform(cfg)
@@ -210,10 +206,6 @@ def generate_scene(out_dir: str | Path, config: SceneConfig, *, progress: bool =
             "vertical_crs": SYNTH_VERTICAL_CRS,
         }
         write_json(tmp / "scene.json", meta)
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
