@@ -182,7 +182,7 @@ def score_checkpoint(
     store): give the store the model trained on when scoring another store's chips."""
     from demgen.baselines import fit_baselines
     from demgen.data.chips import ChipStore
-    from demgen.precision import autocast_dtype, default_device, resolve_precision
+    from demgen.inference.scene import inference_copy
 
     store = ChipStore(store_path)
     spec = task.spec
@@ -198,12 +198,11 @@ def score_checkpoint(
         raise InputError(f"{store.path}: no split {split!r} (train, val, test, all)") from None
     if chips.size == 0:
         raise InputError(f"{store.path}: split {split!r} has no chips")
-    device = device or default_device()
-    amp = autocast_dtype(resolve_precision(precision, device))
-    model = task.eval().to(device)
+    # the copy prediction uses: eval mode, BatchNorms folded, channels_last; the caller's
+    # task is left as it was
+    model, device, amp = inference_copy(task, device, precision)
     predictor = _ChipPredictor(model, store, device, amp)
     mean_bl, lin_bl = fit_baselines(baseline_store or store.path)
-    bands_idx = _channel_index(store, "image", tuple(store.layers["image"]["bands"]), "image")
     heights_relative = store.manifest.get("z_unit") == "relative"
     relative = bool(out_layer.relative) or heights_relative
     rel_model = bool(out_layer.relative)
@@ -219,7 +218,8 @@ def score_checkpoint(
                 ref = np.asarray(store.elevation[j], np.float64)
                 ok = np.asarray(store.mask[j], bool) & np.isfinite(ref)
                 ref = np.where(ok, ref, np.nan)
-                image = np.asarray(store.image[j])[bands_idx].astype(np.float64)
+                # every stored band, as fit_baselines fitted them
+                image = np.asarray(store.image[j]).astype(np.float64)
                 image = np.nan_to_num(image)
                 chip = {
                     "model": model_out[b],

@@ -98,7 +98,7 @@ def _check_grid(task, src: DatasetReader, path: Path, any_res: bool) -> None:
             )
 
 
-def _prepare(task, device: str | None, precision: str):
+def inference_copy(task, device: str | None = None, precision: str = "auto"):
     """An inference copy of ``task`` on ``device``: eval mode, BatchNorms folded into the
     convs, channels_last (NHWC, faster for inference in fp32 and bf16 alike). The caller's
     task is left as it was, still trainable."""
@@ -184,7 +184,7 @@ def predict_scene(
     spec = task.spec
     paths = resolve_inputs(spec, inputs)
     outs = output_files(spec, out_path)
-    task, device, amp_dtype = _prepare(task, device, precision)
+    task, device, amp_dtype = inference_copy(task, device, precision)
     first = spec.inputs[0].name
     with contextlib.ExitStack() as stack:
         stack.enter_context(bounded_gdal_cache())
