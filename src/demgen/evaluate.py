@@ -1,7 +1,7 @@
 """Evaluate a predicted DEM against a reference DEM, in metres, on pixels valid in both.
 
 The reference fixes the grid; the prediction comes onto it unchanged when the grids
-match, else through a warp (average when its pixels are more than 1.5x finer, bilinear
+match, else through a warp (average when its pixels are 1.5x finer or more, bilinear
 otherwise); a mask and a land-cover raster are aligned with nearest neighbour (see
 :mod:`demgen.evaluation_grid`). Slopes, aspects and hillshades use the pixel size in
 metres on every CRS, geographic included (:mod:`demgen.io.geodesy`). With

@@ -6,7 +6,7 @@ size shrinks with cos(latitude)). Another raster comes onto it:
 
 - unchanged, when it is on the same grid and not shifted;
 - through a GDAL warped VRT otherwise, read one window at a time: ``average`` when the
-  source pixels are more than 1.5x finer than the reference's (every source pixel counts,
+  source pixels are 1.5x finer or more than the reference's (every source pixel counts,
   as in a box filter: no aliasing of fine detail), bilinear otherwise, and nearest for
   masks and class rasters. Bilinear is pinned to a constant kernel scale (GDAL's
   ``XSCALE``/``YSCALE`` = 1) so that a window gives the same values as the whole grid;
@@ -32,10 +32,10 @@ from rasterio.warp import Resampling, transform_bounds
 from rasterio.windows import Window
 
 from demgen.errors import InputError
-from demgen.io.geodesy import mean_pixel_size_m, pixel_size_m, pixel_size_m_of, vertical_crs_of
+from demgen.io.geodesy import pixel_size_m, pixel_size_m_of, vertical_crs_of
 from demgen.io.raster import open_raster, require_crs
+from demgen.io.resampling import AVERAGE_FROM_SHRINK, shrink_factor
 
-AVERAGE_ABOVE = 1.5  # reference pixel / source pixel ratio above which to average
 GDAL_CACHE_BYTES = 128 * 2**20  # GDAL's block cache while evaluating (two strips of tiles)
 
 
@@ -123,9 +123,7 @@ class OnGrid:
         extra: dict[str, Any] = {}
         if categorical:
             method = Resampling.nearest
-        elif mean_pixel_size_m(grid.pixel_size_m) > AVERAGE_ABOVE * mean_pixel_size_m(
-            pixel_size_m_of(ds)
-        ):
+        elif shrink_factor(ds, grid) >= AVERAGE_FROM_SHRINK:  # demgen.io.resampling
             method = Resampling.average
         else:
             method, extra = Resampling.bilinear, {"XSCALE": 1, "YSCALE": 1}

@@ -43,28 +43,16 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
 from demgen.errors import InputError
-from demgen.io.geodesy import horizontal_crs, mean_pixel_size_m, pixel_size_m, pixel_size_m_of
+from demgen.io.geodesy import horizontal_crs
+from demgen.io.resampling import (  # noqa: F401 (re-exported)
+    AVERAGE_FROM_SHRINK,
+    CONTINUOUS,
+    MASK,
+    resampling_for,
+    shrink_factor,
+)
 
-AVERAGE_FROM_SHRINK = 1.5  # destination / source pixel size from which cells are averaged
 CORNER_STEP = 16  # cells between projected corners in the inside-the-source test
-CONTINUOUS, MASK = "continuous", "mask"
-
-
-def shrink_factor(ds: Any, grid: Any) -> float:
-    """Destination over source pixel size, both in metres (> 1: downsampling)."""
-    src = mean_pixel_size_m(pixel_size_m_of(ds))
-    dst = mean_pixel_size_m(pixel_size_m(grid.crs, grid.transform, grid.width, grid.height))
-    return dst / src if src > 0 else 1.0
-
-
-def resampling_for(kind: str, shrink: float, method: str = "auto") -> Resampling:
-    """The resampling of a ``kind`` layer shrunk by ``shrink`` (module docstring)."""
-    if method != "auto":
-        return Resampling[method]
-    coarse = shrink >= AVERAGE_FROM_SHRINK
-    if kind == MASK:
-        return Resampling.max if coarse else Resampling.nearest
-    return Resampling.average if coarse else Resampling.bilinear
 
 
 def image_resampling(src_res: float, dst_res: float, method: str = "auto") -> Resampling:

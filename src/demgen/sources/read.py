@@ -25,8 +25,9 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from demgen.io.geodesy import mean_pixel_size_m, pixel_size_m, pixel_size_m_of
 from demgen.io.grid import Grid
+from demgen.io.resampling import CONTINUOUS, shrink_factor
+from demgen.io.resampling import resampling_for as rule
 from demgen.sources.signing import NoSigning, Signing
 from demgen.sources.stac import RetryPolicy, with_retries
 
@@ -49,9 +50,7 @@ def resampling_for(ds: Any, grid: Grid, categorical: bool) -> Resampling:
     """Nearest for classes; average when shrinking >= 1.5x; bilinear otherwise."""
     if categorical:
         return Resampling.nearest
-    src = mean_pixel_size_m(pixel_size_m_of(ds))
-    dst = mean_pixel_size_m(pixel_size_m(grid.crs, grid.transform, grid.width, grid.height))
-    return Resampling.average if dst >= 1.5 * src else Resampling.bilinear
+    return rule(CONTINUOUS, shrink_factor(ds, grid))  # demgen.io.resampling
 
 
 class AssetReader(contextlib.AbstractContextManager):
