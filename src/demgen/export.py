@@ -61,7 +61,7 @@ def export_metadata(task: Any, fmt: str) -> dict[str, Any]:
     spec = task.spec
     meta: dict[str, Any] = {
         "format": fmt,
-        "task": task.hparams.get("task") or type(task).__name__,
+        "task": getattr(task, "task_name", "") or task.hparams.get("task") or type(task).__name__,
         "spec": spec.to_dict(),
         "input": f"normalized inputs (B, {len(inputs)}, H, W), float32, channels as 'inputs'; "
         "H and W multiples of size_multiple",

@@ -76,8 +76,10 @@ class _Blender:
     flushed when final. ``channels`` value bands, then as many TTA std bands with ``tta``;
     ``relative`` windows are offset (on their first channel) before blending."""
 
-    def __init__(self, grid, dst, win, channels, relative, ref, tta=False) -> None:
+    def __init__(self, grid, dst, win, channels, relative, ref, tta=False,
+                 dtype: str = "float32") -> None:  # fmt: skip
         self.grid, self.dst, self.win = grid, dst, win
+        self.dtype = np.dtype(dtype)
         self.channels, self.tta = channels, tta
         self.relative, self.ref = relative, ref
         self.weight = blend_weight(win)
@@ -127,9 +129,14 @@ class _Blender:
         k = next_r - self.top
         out = self.acc[:, :k] / np.maximum(self.wsum[:k], 1e-12)
         bad = self.bad[:k] | ~np.all(np.isfinite(out), axis=0)  # never a NaN on disk
-        out[:, bad] = NODATA
         self.n_valid += int(bad.size - bad.sum())
-        return out.astype(np.float32), Window(0, self.top, self.grid.width, k)
+        window = Window(0, self.top, self.grid.width, k)
+        if self.dtype.kind == "u":  # stored like the training images: nodata 0, valid >= 1
+            out = np.clip(np.rint(out), 1, np.iinfo(self.dtype).max)
+            out[:, bad] = 0
+            return out.astype(self.dtype), window
+        out[:, bad] = NODATA
+        return out.astype(np.float32), window
 
     def _offset(self, metres: np.ndarray, valid: np.ndarray, r: int, c: int) -> float:
         """The offset (m) anchoring one relative window: the reference's mean minus the

@@ -211,6 +211,8 @@ def _output_meta(task, layer: LayerSpec, anchored: bool, tta: bool):
     if tta:
         names += ["tta_std"] if layer.channels == 1 else [f"{b}_tta_std" for b in layer.bands]
     tags = {"demgen_output": layer.name, "units": layer.unit}
+    if layer.unit == "reflectance" and task.hparams.get("reflectance_scale"):
+        tags["reflectance_scale"] = str(task.hparams.get("reflectance_scale"))
     if layer.unit == "metre":
         tags |= {"demgen_target": layer.name,
                  "heights": "absolute" if anchored else "relative",
@@ -240,14 +242,17 @@ def _predict(task, reader, grid, outs, *, window, overlap, batch_size, tta, ref,
                 lref = ref if la.relative else None
                 anchored = not la.relative or lref is not None
                 names, units, tags = _output_meta(task, la, anchored, tta)
+                integer = la.dtype != "float32"
                 profile = geotiff_profile(
-                    width=W, height=H, count=len(names), dtype="float32",
-                    crs=grid.crs, transform=grid.transform, nodata=NODATA,
+                    width=W, height=H, count=len(names), dtype=la.dtype,
+                    crs=grid.crs, transform=grid.transform, nodata=0 if integer else NODATA,
                 )  # fmt: skip
                 writer = open_writer(staged[la.name], profile, descriptions=names, units=units,
                                      tags=tags)  # fmt: skip
                 dst = writers.enter_context(writer)
-                blenders[la.name] = _Blender(grid, dst, win, la.channels, la.relative, lref, tta)
+                blenders[la.name] = _Blender(
+                    grid, dst, win, la.channels, la.relative, lref, tta, la.dtype
+                )
             _run_pipeline(rows, batch_size, blenders, reader, H, bar)
             if next(iter(blenders.values())).n_valid == 0:  # inside the writers: no file
                 raise InputError(

@@ -165,3 +165,11 @@ def horizontal_crs(crs: CRS | None) -> CRS | None:
             if start is None and rest.startswith(_HORIZONTAL_KEYWORDS):
                 start = i + 1 + (len(wkt) - i - 1 - len(rest))
     return crs
+
+
+def sun_vector(azimuth: float, elevation: float) -> tuple[float, float, float]:
+    """Unit vector towards the sun in (east, north, up) for azimuth clockwise from north and
+    elevation above the horizon, in degrees: the one illumination direction of the renderer
+    and of the relief features a DEM -> image model sees."""
+    az, el = math.radians(azimuth), math.radians(elevation)
+    return (math.sin(az) * math.cos(el), math.cos(az) * math.cos(el), math.sin(el))

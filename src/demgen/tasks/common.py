@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
@@ -42,12 +41,11 @@ from demgen.data.fill import fill_invalid, image_fill_value
 from demgen.data.normalize import norm_from_dict
 from demgen.losses import masked_ssim
 from demgen.models import build_model
+from demgen.tasks.base import TASK_KEY, ContractTask, checkpoint_task, size_multiple_of
 from demgen.tasks.spec import LayerSpec, TaskSpec
 
 #: ReduceLROnPlateau factor: halve the learning rate when validation MAE stalls.
 PLATEAU_FACTOR = 0.5
-#: Checkpoint key that names the task class that wrote it (see :func:`checkpoint_task`).
-TASK_KEY = "demgen_task"
 
 
 def to_metres(norm: Any, z: torch.Tensor, batch: dict[str, Any] | None = None) -> torch.Tensor:
@@ -177,15 +175,6 @@ def build_generator(
     return build_model(name, in_channels=in_channels, out_channels=out_channels, **(kwargs or {}))
 
 
-def size_multiple_of(model: nn.Module) -> int:
-    """Input side multiple a model needs: its ``size_multiple``, else ``2**depth``, else 1."""
-    m = getattr(model, "size_multiple", None)
-    if m is not None:
-        return int(m)
-    depth = getattr(model, "depth", None)
-    return 2 ** int(depth) if depth is not None else 1
-
-
 def stored_fill(image_norm: Any, fill: float) -> tuple[float, ...]:
     """The image fill in stored units (DN or reflectance), per band: the values that
     ``image_norm`` maps to the normalized fill ``fill`` (0 for ``band-zscore``: each band's
@@ -195,16 +184,7 @@ def stored_fill(image_norm: Any, fill: float) -> tuple[float, ...]:
     return tuple(float(v) for v in np.asarray(image_norm.inverse(z), np.float64).ravel())
 
 
-def checkpoint_task(checkpoint: dict[str, Any]) -> str:
-    """The task name a loaded checkpoint dict was written by (``regression`` for
-    checkpoints older than the task key)."""
-    if checkpoint.get(TASK_KEY):
-        return str(checkpoint[TASK_KEY])
-    hp = checkpoint.get("hyper_parameters") or {}
-    return str(hp.get("task", "regression"))
-
-
-class DEMTask(L.LightningModule):
+class DEMTask(ContractTask):
     """Base class of the demgen tasks: an image -> heights generator plus its normalizations.
 
     Subclasses call ``save_hyperparameters()`` (so the constructor arguments, including
@@ -214,8 +194,6 @@ class DEMTask(L.LightningModule):
     Validation (metrics in metres) and the inference interface are shared.
     """
 
-    #: Name of the task, saved in checkpoints and used to pick the class when loading.
-    task_name: ClassVar[str] = ""
     #: True where predictions are absolute whatever the normalization (refinement adds a
     #: correction to an initial DSM), so a per-chip normalization does not make it relative.
     anchored: ClassVar[bool] = False
@@ -260,11 +238,6 @@ class DEMTask(L.LightningModule):
     @property
     def in_channels(self) -> int:
         return len(self.image_norm.bands)
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this."""
-        return size_multiple_of(self.model)
 
     # ------------------------------------------------------------ the task contract
     @property
@@ -333,27 +306,9 @@ class DEMTask(L.LightningModule):
             "output": "normalized heights (B, 1, H, W); metres = elevation_norm inverse",
         }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized image (B, bands, H, W) -> normalized heights (B, 1, H, W)."""
-        if self._channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
-
     def predict_metres(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized image -> heights in metres (float32); ``offset`` for per-chip norms."""
         return to_metres(self.elevation_norm, self(x), {"offset": offset})
-
-    #: whether the networks and their inputs are channels_last (see set_channels_last)
-    _channels_last: bool = False
-
-    def set_channels_last(self, enabled: bool = True) -> None:
-        """Put every network (generator, discriminators) and, in forward, every input in
-        channels_last memory format (NHWC: oneDNN's and cuDNN's fast convolutions), or back."""
-        self._channels_last = enabled
-        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
-
-    def on_fit_start(self) -> None:
-        self.set_channels_last(bool(self.hparams.get("channels_last", True)))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Accumulate metrics in metres. For relative models the chip offset only turns
@@ -370,9 +325,6 @@ class DEMTask(L.LightningModule):
         for name, value in values.items():
             self.log(f"val_{name}", value, prog_bar=name == shown, sync_dist=False)
         self.val_metrics.reset()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[TASK_KEY] = self.task_name
 
 
 __all__ = [

@@ -19,6 +19,8 @@ TASKS: dict[str, str] = {
     "pix2pix": "demgen.tasks.pix2pix:Pix2PixTask",
     "drpan": "demgen.tasks.drpan:DRPANTask",
     "refine": "demgen.tasks.refine:RefineTask",
+    "dem2image": "demgen.tasks.dem2image:Dem2ImageTask",
+    "dem2image_pix2pix": "demgen.tasks.dem2image:Dem2ImagePix2PixTask",
 }
 
 

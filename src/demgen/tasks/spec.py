@@ -26,6 +26,8 @@ from typing import Literal
 #: ``class``: integer labels; ``probability``: 0..1; ``value``: anything else.
 Unit = Literal["metre", "reflectance", "class", "probability", "value"]
 UNITS: tuple[str, ...] = ("metre", "reflectance", "class", "probability", "value")
+#: How an output layer can be written (see :attr:`LayerSpec.dtype`).
+OUTPUT_DTYPES: tuple[str, ...] = ("float32", "uint16", "uint8")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class LayerSpec:
             height normalizations): outputs are anchored on a reference or chained by overlap.
         gaps: (inputs) the task fills this layer's holes itself, so they are not nodata in the
             outputs (the initial DSM of refinement).
+        dtype: (outputs) how the layer is written: ``float32`` (nodata -9999) or an unsigned
+            integer type (``uint16``, ``uint8``: values rounded and clipped to
+            ``[1, max]``, nodata 0, the Sentinel-2 L2A convention), so a predicted image is
+            stored like the images it learned from (uint16 reflectance x 10000).
     """
 
     name: str
@@ -51,12 +57,15 @@ class LayerSpec:
     unit: Unit
     relative: bool = False
     gaps: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.channels != len(self.bands) or self.channels < 1:
             raise ValueError(f"layer {self.name!r}: {self.channels} channels, bands {self.bands}")
         if self.unit not in UNITS:
             raise ValueError(f"layer {self.name!r}: unit {self.unit!r} not in {UNITS}")
+        if self.dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"layer {self.name!r}: dtype {self.dtype!r} not in {OUTPUT_DTYPES}")
 
     def to_dict(self) -> dict[str, object]:
         """JSON form (export sidecars, documentation)."""
@@ -67,6 +76,7 @@ class LayerSpec:
             "unit": self.unit,
             "relative": self.relative,
             "gaps": self.gaps,
+            "dtype": self.dtype,
         }
 
 
@@ -122,4 +132,4 @@ class TaskSpec:
         }
 
 
-__all__ = ["UNITS", "LayerSpec", "TaskSpec", "Unit"]
+__all__ = ["OUTPUT_DTYPES", "UNITS", "LayerSpec", "TaskSpec", "Unit"]

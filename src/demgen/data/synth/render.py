@@ -29,6 +29,7 @@ from demgen.data.synth.terrain import (
     mix_key,
     parcel_fields,
 )
+from demgen.io.geodesy import sun_vector
 
 BANDS: tuple[str, ...] = ("B2", "B3", "B4", "B8")
 HAZE_SCALE_HEIGHT = 8000.0  # metres
@@ -68,12 +69,6 @@ CLOUD = np.array((0.62, 0.63, 0.64, 0.66), dtype=np.float32)
 # Spectral shape of path radiance (Rayleigh-like, strongest in blue) and diffuse sky fraction.
 PATH = np.array((0.35, 0.25, 0.15, 0.07), dtype=np.float32)
 SKY = np.array((0.35, 0.25, 0.18, 0.10), dtype=np.float32)
-
-
-def sun_vector(azimuth: float, elevation: float) -> tuple[float, float, float]:
-    """Unit vector towards the sun in (east, north, up) for azimuth clockwise from north."""
-    az, el = math.radians(azimuth), math.radians(elevation)
-    return (math.sin(az) * math.cos(el), math.cos(az) * math.cos(el), math.sin(el))
 
 
 def shadow_steps(
