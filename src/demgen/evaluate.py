@@ -7,6 +7,7 @@ otherwise); a mask and a land-cover raster are aligned with nearest neighbour (s
 metres on every CRS, geographic included (:mod:`demgen.io.geodesy`). With
 ``coregister=True`` the horizontal and vertical shift of the prediction is found first
 (Nuth & Kääb, 2011: :mod:`demgen.metrics.coregister`) and removed before the metrics.
+Two images (reflectance, not heights) go to :mod:`demgen.evaluation_image` instead.
 
 Both rasters are read in strips of ``window_rows`` rows (:mod:`demgen.evaluation_windows`),
 so memory stays bounded for any raster size. Metrics and their formulas live in
@@ -26,7 +27,14 @@ import numpy as np
 import rasterio
 
 from demgen.errors import InputError
-from demgen.evaluation_grid import GDAL_CACHE_BYTES, OnGrid, RefGrid, reference_grid
+from demgen.evaluation_grid import (  # check_out_dir: importable from here as before
+    GDAL_CACHE_BYTES,
+    OnGrid,
+    RefGrid,
+    check_out_dir,
+    reference_grid,
+)
+from demgen.evaluation_grid import fmt_value as _fmt
 from demgen.evaluation_windows import WINDOW_ROWS, Inputs, estimate_shift, evaluate_windows
 from demgen.io.geodesy import UNKNOWN_DATUM
 from demgen.io.jsonio import write_json
@@ -160,14 +168,6 @@ def evaluate_dem(
     return _evaluate(prediction, reference, mask, landcover, coregister, window_rows, False)[0]
 
 
-def _fmt(value: Any, spec: str = ".3f") -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    if isinstance(value, float) and np.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return format(value, spec)
-
-
 def render_markdown(m: dict[str, Any]) -> str:
     """A Markdown summary of :func:`evaluate_dem`'s result (or of a loaded metrics.json)."""
     rows = [
@@ -236,18 +236,6 @@ def write_evaluation(m: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ]
 
 
-def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """``out_dir``, refused when it is a file, or a non-empty folder without ``overwrite``."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} is a file, not a folder for the report")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(
-            f"{out_dir} already exists and is not empty (pass --overwrite to replace it)"
-        )
-    return out_dir
-
-
 def evaluate_to_folder(
     prediction: str | Path,
     reference: str | Path,
@@ -258,12 +246,31 @@ def evaluate_to_folder(
     coregister: bool = False,
     window_rows: int = WINDOW_ROWS,
     overwrite: bool = False,
+    kind: str = "auto",
+    **image_options: Any,
 ) -> dict[str, Any]:
     """Evaluate and write ``metrics.json``, ``report.md`` and ``figure.png`` into ``out_dir``
-    (refused when ``out_dir`` holds anything and ``overwrite`` is false)."""
+    (refused when ``out_dir`` holds anything and ``overwrite`` is false).
+
+    ``kind`` ("auto", "dem" or "image"; :func:`demgen.evaluation_image.resolve_kind`): two
+    images go to :func:`demgen.evaluation_image.evaluate_image_to_folder` with ``mask`` and
+    ``image_options`` (``data_range``, ``feature_net``, ``fd_chip``); two DEMs stay here.
+    """
+    from demgen.evaluation_image import evaluate_image_to_folder, resolve_kind
     from demgen.viz.figures import evaluation_figure
 
     out_dir = check_out_dir(out_dir, overwrite)
+    if resolve_kind(prediction, reference, kind) == "image":
+        if landcover is not None or coregister:
+            raise InputError("--landcover and --coregister are for DEMs, not for images")
+        return evaluate_image_to_folder(
+            prediction, reference, out_dir, mask=mask, overwrite=overwrite, **image_options
+        )
+    if image_options:
+        raise InputError(
+            f"{', '.join(image_options)}: options for images, but {prediction} and "
+            f"{reference} are DEMs"
+        )
     m, dec = _evaluate(prediction, reference, mask, landcover, coregister, window_rows, True)
     write_evaluation(m, out_dir)
     pred, ref = dec.arrays()

@@ -13,7 +13,10 @@ size shrinks with cos(latitude)). Another raster comes onto it:
 - shifted by a sub-pixel offset (co-registration): the VRT's grid is the reference grid
   moved by that offset, so the shift costs no second resampling.
 
-Nodata becomes NaN; values come back as float64.
+Nodata becomes NaN; values come back as float64. :meth:`OnGrid.read` reads band 1 (DEMs);
+:meth:`OnGrid.read_bands` several bands at once (images: :mod:`demgen.evaluation_image`),
+where GDAL's mask (nodata, an internal mask or an alpha band) and ``implicit_nodata`` also
+become NaN. :func:`check_out_dir` and :func:`fmt_value` serve both evaluations' reports.
 """
 
 from __future__ import annotations
@@ -91,13 +94,19 @@ class OnGrid:
         categorical: bool = False,
         shift: tuple[float, float] = (0.0, 0.0),
         dz: float = 0.0,
+        implicit_nodata: float | None = None,
     ):
         """``shift`` = (columns, rows) of the reference grid: pixel (r, c) reads the raster
-        at (r + rows, c + cols); ``dz`` is subtracted from every value."""
+        at (r + rows, c + cols); ``dz`` is subtracted from every value. ``implicit_nodata``:
+        for a file that declares no nodata, a value meaning "no data" where *every* band
+        holds it (Sentinel-2's 0 in uint16; GDAL's ``UNIFIED_SRC_NODATA`` when warped)."""
         self.path, self.grid, self.dz = Path(path), grid, float(dz)
+        self.implicit_nodata = None
         self._stack = contextlib.ExitStack()
         try:
             ds = self._stack.enter_context(open_raster(path))
+            if ds.nodata is None and implicit_nodata is not None:
+                self.implicit_nodata = float(implicit_nodata)
             self._open(ds, categorical, shift)
         except BaseException:
             self._stack.close()
@@ -128,7 +137,9 @@ class OnGrid:
         else:
             method, extra = Resampling.bilinear, {"XSCALE": 1, "YSCALE": 1}
         src_nodata = ds.nodata
-        if src_nodata is None and np.dtype(ds.dtypes[0]).kind == "f":
+        if src_nodata is None and self.implicit_nodata is not None:
+            src_nodata, extra = self.implicit_nodata, extra | {"UNIFIED_SRC_NODATA": "YES"}
+        elif src_nodata is None and np.dtype(ds.dtypes[0]).kind == "f":
             src_nodata = np.nan
         self.ds = self._stack.enter_context(
             WarpedVRT(
@@ -152,6 +163,18 @@ class OnGrid:
     def read_all(self) -> np.ndarray:
         return self.read(0, self.grid.height)
 
+    def read_bands(self, bands: list[int], row0: int = 0, nrows: int | None = None) -> np.ndarray:
+        """Bands (1-based) of rows ``row0 .. row0 + nrows`` (default: to the end) on the grid,
+        (bands, rows, width) float64, NaN where GDAL's mask or ``implicit_nodata`` says so."""
+        nrows = self.grid.height - row0 if nrows is None else nrows
+        win = Window(0, row0, self.grid.width, nrows)
+        a = self.ds.read(bands, window=win).astype(np.float64)
+        if self.resampling == "none":
+            a[self.ds.read_masks(bands, window=win) == 0] = np.nan
+            if self.implicit_nodata is not None:
+                a[:, (a == self.implicit_nodata).all(axis=0)] = np.nan
+        return a
+
     def close(self) -> None:
         self._stack.close()
 
@@ -160,3 +183,24 @@ class OnGrid:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """``out_dir``, refused when it is a file, or a non-empty folder without ``overwrite``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} is a file, not a folder for the report")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(
+            f"{out_dir} already exists and is not empty (pass --overwrite to replace it)"
+        )
+    return out_dir
+
+
+def fmt_value(value: Any, spec: str = ".3f") -> str:
+    """A metric for a report: ``n/a`` for None and NaN, ``inf`` for infinity."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and np.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return format(value, spec)
