@@ -8,6 +8,10 @@ the stored heights over the pixels the store marks valid. Two baselines fitted o
 store's training split (:func:`demgen.baselines.fit_baselines`) are scored on the same
 pixels: the training-mean elevation and a per-pixel linear regression on the image bands.
 
+Image outputs (DEM -> image tasks: the first output's unit is ``reflectance``) are scored
+by :mod:`demgen.scoring_image` instead, beside its own two baselines; :func:`score_checkpoint`
+and :func:`render_report` dispatch on that unit, never on a task's name.
+
 Chips are scored as one mosaic: stacked one above the other with a row of NaN between them,
 so slopes, aspects and SSIM windows never straddle two chips, and the DEM metrics of
 :mod:`demgen.metrics.dem` apply unchanged.
@@ -31,10 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from demgen.errors import InputError
+from demgen.scoring_image import (
+    ChipPredictor,
+    mosaic,
+    render_image_report,
+    score_image_checkpoint,
+    split_chips,
+)
 
 #: Methods scored, in report order.
 METHODS = ("model", "training_mean", "linear_bands")
@@ -43,91 +53,6 @@ _METHOD_TITLES = {
     "training_mean": "training-mean elevation",
     "linear_bands": "per-pixel linear regression on bands",
 }
-
-
-def _store_layer(store: Any, name: str) -> str:
-    """The store layer feeding the task's input ``name`` (the first input, the image, is the
-    store's ``image`` whatever the task calls it, e.g. refinement's ``ortho1``)."""
-    if name in store.layers:
-        return name
-    if name in ("image", "ortho1"):
-        return "image"
-    raise InputError(
-        f"{store.path}: the checkpoint needs input layer {name!r}, which the store does not "
-        f"hold (layers: {sorted(store.layers)})"
-    )
-
-
-def _channel_index(store: Any, layer: str, bands: tuple[str, ...], name: str) -> list[int]:
-    have = list(store.layers[layer].get("bands") or [])
-    if len(bands) == 1 and len(have) == 1:
-        return [0]
-    missing = [b for b in bands if b not in have]
-    if missing:
-        raise InputError(
-            f"{store.path}: layer {layer!r} lacks bands {missing} that the checkpoint's input "
-            f"{name!r} needs (it has {have})"
-        )
-    return [have.index(b) for b in bands]
-
-
-def _pad(x: torch.Tensor, m: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % m, (-w) % m
-    if not (ph or pw):
-        return x
-    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-
-
-class _ChipPredictor:
-    """Predicts chips of a store through the task's contract (first output layer)."""
-
-    def __init__(self, task: Any, store: Any, device: str, amp_dtype: Any) -> None:
-        self.task, self.store, self.device, self.amp_dtype = task, store, device, amp_dtype
-        spec = task.spec
-        self.output = spec.outputs[0]
-        self.multiple = spec.window_multiple
-        self.inputs = []
-        for la in spec.inputs:
-            layer = _store_layer(store, la.name)
-            idx = _channel_index(store, layer, la.bands, la.name)
-            fill = torch.tensor(task.fill_values(la.name), dtype=torch.float32)
-            self.inputs.append((la.name, layer, idx, fill.view(-1, 1, 1)))
-
-    def __call__(self, chips: np.ndarray) -> np.ndarray:
-        """Heights (B, H, W) float64 of chips ``chips`` (store indices)."""
-        store = self.store
-        mask = np.stack([np.asarray(store.mask[j], bool) for j in chips])
-        inputs, valid = {}, {}
-        for name, layer, idx, fill in self.inputs:
-            a = np.stack([store.read_layer(layer, int(j))[idx] for j in chips]).astype(np.float32)
-            ok = mask & np.all(np.isfinite(a), axis=1)
-            t = torch.from_numpy(a)
-            v = torch.from_numpy(ok)[:, None]
-            t = torch.where(v, torch.nan_to_num(t), fill)  # no NaN reaches a network
-            inputs[name], valid[name] = t, v
-        h, w = mask.shape[-2:]
-        inputs = {k: _pad(v, self.multiple).to(self.device) for k, v in inputs.items()}
-        valid = {k: _pad(v.float(), self.multiple).to(self.device) > 0.5 for k, v in valid.items()}
-        kind = self.device.split(":")[0]
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                kind, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-            ),
-        ):
-            out = self.task.predict_batch(inputs, valid)[self.output.name]
-        return out.float()[:, 0, :h, :w].cpu().numpy().astype(np.float64)
-
-
-def _mosaic(chips: list[np.ndarray]) -> np.ndarray:
-    """Chips (H, W) stacked vertically with one NaN row between them."""
-    h, w = chips[0].shape
-    gap = np.full((1, w), np.nan)
-    rows = []
-    for c in chips:
-        rows += [c, gap]
-    return np.concatenate(rows[:-1], axis=0)
 
 
 def _shift_per_chip(pred: np.ndarray, ref: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -184,24 +109,23 @@ def score_checkpoint(
     from demgen.data.chips import ChipStore
     from demgen.inference.scene import inference_copy
 
-    store = ChipStore(store_path)
-    spec = task.spec
-    out_layer = spec.outputs[0]
+    out_layer = task.spec.outputs[0]
+    if out_layer.unit == "reflectance":  # DEM -> image: :mod:`demgen.scoring_image`
+        return score_image_checkpoint(
+            task, store_path, split=split, batch_size=batch_size, device=device,
+            precision=precision, progress=progress, figure=figure, baseline_store=baseline_store,
+        )  # fmt: skip
     if out_layer.unit != "metre":
         raise InputError(
             f"the checkpoint writes {out_layer.name!r} in {out_layer.unit}: demgen test scores "
-            "height outputs (image outputs are scored by demgen evaluate on rasters)"
+            "height (metre) and image (reflectance) outputs"
         )
-    try:  # "all": every chip of the store (a store of chips no model trained on)
-        chips = np.arange(len(store)) if split == "all" else store.indices(split)
-    except KeyError:
-        raise InputError(f"{store.path}: no split {split!r} (train, val, test, all)") from None
-    if chips.size == 0:
-        raise InputError(f"{store.path}: split {split!r} has no chips")
+    store = ChipStore(store_path)
+    chips = split_chips(store, split)
     # the copy prediction uses: eval mode, BatchNorms folded, channels_last; the caller's
     # task is left as it was
     model, device, amp = inference_copy(task, device, precision)
-    predictor = _ChipPredictor(model, store, device, amp)
+    predictor = ChipPredictor(model, store, device, amp)
     mean_bl, lin_bl = fit_baselines(baseline_store or store.path)
     heights_relative = store.manifest.get("z_unit") == "relative"
     relative = bool(out_layer.relative) or heights_relative
@@ -213,7 +137,7 @@ def score_checkpoint(
     try:
         for s in range(0, chips.size, batch_size):
             batch = chips[s : s + batch_size]
-            model_out = predictor(batch)
+            model_out = predictor(batch)[:, 0]
             for b, j in enumerate(batch):
                 ref = np.asarray(store.elevation[j], np.float64)
                 ok = np.asarray(store.mask[j], bool) & np.isfinite(ref)
@@ -236,7 +160,7 @@ def score_checkpoint(
             bar.update(len(batch))
     finally:
         bar.close()
-    ref_all = _mosaic(refs)
+    ref_all = mosaic(refs)
     if not np.isfinite(ref_all).any():
         raise InputError(f"{store.path}: split {split!r} has no valid pixel")
     px = store.manifest.get("pixel_size_m")
@@ -256,7 +180,7 @@ def score_checkpoint(
         "methods": {},
     }
     for name in METHODS:
-        m = _metrics(_mosaic(preds[name]), ref_all, pixel)
+        m = _metrics(mosaic(preds[name]), ref_all, pixel)
         if relative:  # R2 against each chip's own mean: a flat chip scores 0, not more
             sse = m["rmse_m"] ** 2 * m["n_pixels"]
             m["r2"] = 1.0 - sse / sst_chip if sst_chip > 0 else float("nan")
@@ -288,7 +212,9 @@ def _fmt(v: Any) -> str:
 
 
 def render_report(r: dict[str, Any], checkpoint: str | Path) -> str:
-    """A Markdown report of :func:`score_checkpoint`'s result."""
+    """A Markdown report of :func:`score_checkpoint`'s result (heights or images)."""
+    if r.get("unit") == "reflectance":
+        return render_image_report(r, checkpoint)
     sfx = "_rel" if r["relative"] else ""
     unit = "relative units" if r["unit"] == "relative" else "m"
     keys = [(f"mae{sfx}_m", "MAE"), (f"rmse{sfx}_m", "RMSE"), (f"bias{sfx}_m", "bias"),

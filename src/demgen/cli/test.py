@@ -1,4 +1,5 @@
-"""`demgen test`: score a checkpoint on a chip-store split beside the honest baselines."""
+"""`demgen test`: score a checkpoint on a chip-store split beside the honest baselines
+(height outputs by :mod:`demgen.scoring`, image outputs by :mod:`demgen.scoring_image`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from demgen.cli.common import add_precision_argument, positive_int
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "test",
-        help="score a checkpoint on a chip store split, beside the baselines",
+        help="score a checkpoint (heights or images) on a chip store split, beside baselines",
         description=(
             "Predict every chip of SPLIT of STORE with CHECKPOINT and score it in the task's "
             "units over the pixels the store marks valid (heights: bias, MAE, RMSE, NMAD, "
@@ -21,8 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "elevation and a per-pixel linear regression on the image bands. Relative "
             "(per-chip) models, and stores of relative heights (.npz imports), are scored "
             "with explicitly relative metrics (*_rel: each prediction shifted per chip by "
-            "its mean error). Prints the report (or --json); with -o DIR also writes "
-            "metrics.json, report.md and figure.png there."
+            "its mean error). Image tasks (DEM -> image, output in reflectance) are scored "
+            "in reflectance at data range 1 (PSNR, SSIM, MS-SSIM, SAM, ERGAS, RMSE, MAE, per "
+            "band, and fd_demgen_rand, a Frechet distance on demgen's fixed random "
+            "features), beside the training mean image and a per-pixel linear regression on "
+            "the relief the model sees (height, slope, aspect, hillshade). Prints the report "
+            "(or --json); with -o DIR also writes metrics.json, report.md and figure.png "
+            "there."
         ),
     )
     p.add_argument("checkpoint", type=Path, help="model checkpoint (.ckpt)")
@@ -69,5 +75,12 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         write_json(out / "metrics.json", result)
         write_text_atomic(out / "report.md", report)
-    print(dumps(result) if args.json else report, end="" if not args.json else "\n")
+    if args.json:
+        print(dumps(result))
+    else:
+        print(report, end="")
+        if result.get("unit") == "reflectance":
+            from demgen.scoring_image import summary_line
+
+            print(f"\n{summary_line(result)}")
     return 0
