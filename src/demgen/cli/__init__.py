@@ -19,6 +19,7 @@ from demgen.cli import (
     export,
     fit,
     info,
+    landscape,
     lidar,
     points,
     predict,
@@ -44,6 +45,7 @@ SUBCOMMANDS = (
     test,
     export,
     view,
+    landscape,
     lidar,
     points,
 )
