@@ -1,6 +1,7 @@
 """The task contract, for every registered task: build it small, fit two steps on a tiny
 store, save, load with ``load_task``, predict a 2-window scene from named inputs, export
-(TorchScript) and check the exported graph against the checkpoint on the same input."""
+(TorchScript) and check the exported graph against the checkpoint on the same input. Image ->
+heights and heights -> image tasks alike: the store is the same, the roles swapped."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def world(tmp_path_factory):
                              PrepareConfig(normalize="residual", **base),
                              extras=[scene / f"{n}.tif" for n in EXTRAS])  # fmt: skip
     crops = {}
-    for name in ("image", *EXTRAS):
+    for name in ("image", "dtm", *EXTRAS):
         with rasterio.open(scene / f"{name}.tif") as ds:
             w = Window(8, 16, COLS, ROWS)
             crops[name] = write_raster(
@@ -60,13 +61,19 @@ def world(tmp_path_factory):
 def _build(name: str, world) -> tuple[L.LightningModule, ChipDataModule]:
     """A tiny task of the registered ``name`` and the data module it trains on."""
     refine = name == "refine"
+    roles = {"inputs": ["elevation"], "targets": ["image"]} if name.startswith("dem2") else {}
     dm = ChipDataModule(world["refine" if refine else "plain"], batch_size=2, num_workers=0,
-                        extra=refine, augment=False)  # fmt: skip
+                        extra=refine, augment=False, **roles)  # fmt: skip
     norms = dm.normalization
     common = {"chip_size": CHIP, "pixel_size": dm.pixel_size, "channels_last": False}
     if name == "regression":
         task = task_class(name)(norms["image"], norms["elevation"], base=8, depth=2, **common)
     elif name in ("pix2pix", "drpan"):
+        task = task_class(name)(norms["image"], norms["elevation"], generator_kwargs=TINY_G,
+                               discriminator_kwargs=TINY_D, **common)  # fmt: skip
+    elif name == "dem2image":
+        task = task_class(name)(norms["image"], norms["elevation"], base=8, depth=2, **common)
+    elif name == "dem2image_pix2pix":
         task = task_class(name)(norms["image"], norms["elevation"], generator_kwargs=TINY_G,
                                discriminator_kwargs=TINY_D, **common)  # fmt: skip
     elif refine:
@@ -80,8 +87,10 @@ def _build(name: str, world) -> tuple[L.LightningModule, ChipDataModule]:
 
 def _named_inputs(spec: TaskSpec, crops) -> dict[str, str]:
     """Each input layer's raster: the image is ``image`` for the one-input tasks and
-    ``ortho1`` for refinement; every other layer goes by its own name."""
-    return {la.name: crops["image" if la.name == "ortho1" else la.name] for la in spec.inputs}
+    ``ortho1`` for refinement, the DEM of DEM -> image is ``dtm``; every other layer goes by
+    its own name."""
+    alias = {"ortho1": "image", "dem": "dtm"}
+    return {la.name: crops[alias.get(la.name, la.name)] for la in spec.inputs}
 
 
 def _read_inputs(task, paths) -> tuple[dict, dict]:
@@ -106,7 +115,7 @@ def test_task_contract(name, world, tmp_path):
     task, dm = _build(name, world)
     spec = task.spec
     assert isinstance(spec, TaskSpec) and spec.window_multiple >= 1
-    assert all(la.unit == "metre" for la in spec.outputs)  # today's tasks all give heights
+    assert all(la.unit in ("metre", "reflectance") for la in spec.outputs)
 
     # fit two steps, save as `demgen fit` does, load by the recorded task name
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,
@@ -128,19 +137,25 @@ def test_task_contract(name, world, tmp_path):
     with rasterio.open(paths[spec.inputs[0].name]) as grid:
         crs, transform = grid.crs, grid.transform
     for la in spec.outputs:
+        nodata = NODATA if la.dtype == "float32" else 0
         with rasterio.open(files[la.name]) as ds:
             assert (ds.height, ds.width, ds.count) == (ROWS, COLS, la.channels)
-            assert ds.crs == crs and ds.transform == transform and ds.nodata == NODATA
-            assert ds.units == ("metre",) and ds.tags()["vertical_crs"] == "unknown"
-            assert ds.descriptions[0].endswith(la.name)
+            assert ds.crs == crs and ds.transform == transform and ds.nodata == nodata
+            assert ds.dtypes == (la.dtype,) * la.channels
+            assert ds.units == (la.unit,) * la.channels
+            if la.unit == "metre":
+                assert ds.tags()["vertical_crs"] == "unknown"
+                assert ds.descriptions[0].endswith(la.name)
+            else:
+                assert ds.descriptions == la.bands
             values = ds.read(1)
-        assert np.isfinite(values).all() and (values != NODATA).mean() > 0.5
+        assert np.isfinite(values).all() and (values != nodata).mean() > 0.5
 
     # export, and the exported graph against the checkpoint on the same normalized input
     pt = export_model(loaded, tmp_path / f"{name}.pt", "torchscript")
     meta = json.loads(pt.with_name(pt.name + ".json").read_text())
     assert [la["name"] for la in meta["spec"]["inputs"]] == spec.input_names
-    assert meta["spec"]["outputs"][0]["unit"] == "metre"
+    assert meta["spec"]["outputs"][0]["unit"] == spec.outputs[0].unit
     inputs, valid = _read_inputs(loaded, paths)
     with torch.no_grad():
         x = loaded.encode(inputs, valid)

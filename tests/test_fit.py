@@ -120,9 +120,10 @@ def test_every_config_runs_one_step(config, stores, tmp_path, monkeypatch):
         args = [*_tiny_quick(tmp_path / "cache"), "--run_root", str(tmp_path / "runs"),
                 "--trainer.fast_dev_run", "true"]  # fmt: skip
     elif _self_contained(config):  # synthesizes its own world (demo.yaml): a tiny one here
+        chip = "128" if "pix2pix" in config else "64"  # the pix2pix G of depth 7 needs 2**7
         args += ["--data.init_args.cache_dir", str(tmp_path / "cache"),
                  "--data.init_args.size", "256", "--data.init_args.n_scenes", "2",
-                 "--data.init_args.chip_size", "64",
+                 "--data.init_args.chip_size", chip,
                  "--data.init_args.batch_size", "2"]  # fmt: skip
     else:
         args += ["--data.store", _store_for(config, stores), "--data.batch_size", "2",

@@ -182,6 +182,11 @@ def predict_scene(
     the path of the first output.
     """
     spec = task.spec
+    if tta and not spec.dihedral:
+        raise InputError(
+            "this checkpoint's outputs depend on direction (e.g. the sun of a DEM -> image "
+            "model): flipped inputs are no augmentation of it, so --tta is not available"
+        )
     paths = resolve_inputs(spec, inputs)
     outs = output_files(spec, out_path)
     task, device, amp_dtype = inference_copy(task, device, precision)

@@ -188,14 +188,14 @@ class Dem2ImageTask(ContractTask):
     @property
     def spec(self) -> TaskSpec:
         """``dem`` (metres) [+ ``landcover`` (class)] in; ``image`` (reflectance, the
-        stored dtype) out."""
+        stored dtype) out; not dihedral (the sun has a direction: no flip TTA)."""
         inputs = [LayerSpec(DEM, 1, (DEM,), "metre")]
         if self.hparams.landcover_classes:
             inputs.append(LayerSpec(LANDCOVER, 1, (LANDCOVER,), "class"))
         bands = tuple(self.bands)
         out = LayerSpec("image", len(bands), bands, "reflectance", dtype=self.hparams.image_dtype)
         chip = int(self.hparams.chip_size)
-        return TaskSpec(tuple(inputs), (out,), self.size_multiple, 2 * chip)
+        return TaskSpec(tuple(inputs), (out,), self.size_multiple, 2 * chip, dihedral=False)
 
     def fill_values(self, name: str) -> tuple[float, ...]:
         """Invalid DEM pixels take the training heights' centre, invalid land cover class 0
@@ -266,6 +266,7 @@ class Dem2ImageTask(ContractTask):
                     "radius": hp.relief_radius,
                 },
                 "image_norm": self.image_norm.to_dict(),
+                "elevation_norm": self.elevation_norm.to_dict(),
             },  # fmt: skip
             "output": "normalized bands (B, C, H, W); stored units = image_norm inverse",
         }

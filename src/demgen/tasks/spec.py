@@ -91,6 +91,9 @@ class TaskSpec:
             reflect-padded up to it and outputs cropped back).
         window: the default prediction window side (px).
         stochastic: outputs are samples (two runs differ); TTA then averages samples too.
+        dihedral: flipping or rotating the inputs flips or rotates the outputs the same way,
+            so the 8-fold test-time augmentation is valid; False where the task knows a
+            direction (DEM -> image: the sun), and prediction then refuses ``tta``.
     """
 
     inputs: tuple[LayerSpec, ...]
@@ -98,6 +101,7 @@ class TaskSpec:
     window_multiple: int
     window: int
     stochastic: bool = False
+    dihedral: bool = True
 
     def __post_init__(self) -> None:
         for kind, layers in (("input", self.inputs), ("output", self.outputs)):
@@ -129,6 +133,7 @@ class TaskSpec:
             "window_multiple": self.window_multiple,
             "window": self.window,
             "stochastic": self.stochastic,
+            "dihedral": self.dihedral,
         }
 
 

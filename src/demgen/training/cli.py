@@ -24,6 +24,7 @@ from demgen.training.links import (
     extras_of,
     input_norms_of,
     normalization_of,
+    store_image_dtype,
     store_pixel_size,
     store_vertical_crs,
 )
@@ -121,6 +122,11 @@ class DemgenCLI(LightningCLI):
         parser.link_arguments(
             "data", "model.init_args.extras", compute_fn=extras_of, apply_on="instantiate"
         )
+        # image-output tasks (DEM -> image) write predictions in the store's image dtype
+        parser.link_arguments(
+            "data", "model.init_args.image_dtype", compute_fn=store_image_dtype,
+            apply_on="instantiate",
+        )  # fmt: skip
         parser.link_arguments(
             "data", "model.init_args.input_norms", compute_fn=input_norms_of, apply_on="instantiate"
         )
@@ -276,7 +282,8 @@ def _fit(args: Sequence[str], log: Callable[[str], None] | None) -> Path | None:
     ckpt = trainer.checkpoint_callback
     if log and ckpt is not None:
         best = ckpt.best_model_score
-        score = f", best {ckpt.monitor} {float(best):.3f} m" if best is not None else ""
+        unit = " m" if str(ckpt.monitor).endswith("_m") else ""  # val_l1_refl is reflectance
+        score = f", best {ckpt.monitor} {float(best):.4g}{unit}" if best is not None else ""
         log(f"[demgen fit] checkpoints in {ckpt.dirpath} (best.ckpt, last.ckpt){score}")
     return run_dir
 

@@ -49,6 +49,14 @@ def store_vertical_crs(dm: Any) -> str:
     return str(getattr(dm, "vertical_crs", None) or "unknown")
 
 
+def store_image_dtype(dm: Any) -> str:
+    """How the store's images are stored (``uint16``, ``uint8``, ``float32``), linked into an
+    image-output task's ``image_dtype`` so its predictions are written the same way."""
+    store = getattr(dm, "store", None)
+    dtype = store.manifest.get("image_dtype") if store is not None else None
+    return str(dtype or "float32")
+
+
 def extras_of(dm: Any) -> list[dict[str, Any]]:
     """The store's extra-layer entries (none without a store), linked into ``extras``."""
     store = getattr(dm, "store", None)
