@@ -13,7 +13,8 @@ from demgen.data.normalize import ElevationNorm, PercentileImageNorm
 from demgen.errors import InputError
 from demgen.inference.scene import predict_scene, window_starts
 from demgen.io.raster import write_raster
-from demgen.tasks.dem2image import Dem2ImagePix2PixTask, Dem2ImageTask, height_center_scale
+from demgen.tasks.dem2image import Dem2ImageTask, height_center_scale
+from demgen.tasks.dem2image_gan import Dem2ImagePix2PixTask
 from demgen.tasks.registry import load_task
 from demgen.tasks.relief import FEATURES, relief_features
 
@@ -193,3 +194,26 @@ def test_scene_prediction_leaves_no_seams(tmp_path):
                          progress=False)  # fmt: skip
     assert jumps(blended, 24) <= 1.1
     assert jumps(hard, 32) > 1.3  # the check can fail: hard tiling shows its seams
+
+
+@pytest.mark.parametrize("recipe", ["dem2image_unet", "dem2image_pix2pix"])
+def test_recipe_trains_and_its_checkpoint_loads(recipe, tmp_path, monkeypatch):
+    """``demgen fit`` on a shipped recipe (a tiny world), then ``load_task`` on its
+    checkpoint: every argument LightningCLI linked must be one the task takes back."""
+    from pathlib import Path
+
+    from demgen.training import fit
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "synthesis" / f"{recipe}.yaml"
+    monkeypatch.chdir(tmp_path)
+    small = ["--model.init_args.generator_kwargs", "{depth: 6, base: 8, max_width: 16}"]
+    run = fit(["--config", str(config), "--run_root", str(tmp_path / "runs"),
+               "--data.init_args.cache_dir", str(tmp_path / "cache"),
+               "--data.init_args.size", "256", "--data.init_args.n_scenes", "2",
+               "--data.init_args.chip_size", "64", "--trainer.max_epochs", "1",
+               "--trainer.enable_progress_bar", "false",
+               *(small if "pix2pix" in recipe else ["--model.init_args.base", "8"])])  # fmt: skip
+    task = load_task(run / "checkpoints" / "last.ckpt")
+    assert task.task_name == recipe.replace("_unet", "")
+    assert task.hparams.image_dtype == "uint16" and task.hparams.pixel_size == pytest.approx(10)
+    assert "extras" not in task.hparams and "input_norms" not in task.hparams

@@ -14,11 +14,11 @@ Two tasks, the two generators of the earlier work:
 - :class:`Dem2ImageTask` (``dem2image``): a U-Net regressor, masked L1 in reflectance
   (``|pred - true| * reflectance_scale`` over valid pixels and bands), AdamW, the learning
   rate halved on a ``val_l1_refl`` plateau.
-- :class:`Dem2ImagePix2PixTask` (``dem2image_pix2pix``): pix2pix (Isola et al. 2017): U-Net
-  G + PatchGAN D on ``concat(relief features, image)``, generator loss
-  ``adv + lambda_l1 L1_refl`` with ``lambda_l1 = 100``, Adam ``2e-4, (0.5, 0.999)``, as in
-  the original recipe. G's output is linear (no tanh): percentile-normalized snow lies far
-  above 1, where a tanh would clip it.
+- :class:`~demgen.tasks.dem2image_gan.Dem2ImagePix2PixTask` (``dem2image_pix2pix``):
+  pix2pix (Isola et al. 2017): U-Net G + PatchGAN D on ``concat(relief features, image)``,
+  generator loss ``adv + lambda_l1 L1_refl`` with ``lambda_l1 = 100``, Adam ``2e-4,
+  (0.5, 0.999)``, as in the original recipe. G's output is linear (no tanh):
+  percentile-normalized snow lies far above 1, where a tanh would clip it.
 
 **No augmentation.** Rotating or flipping a DEM chip together with its image turns the
 shading of the image against the fixed sun of the relief features, so the recipes train
@@ -38,11 +38,10 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from demgen.data.normalize import default_reflectance_scale, norm_from_dict
-from demgen.losses import GAN_MODES, adversarial_loss
 from demgen.models import build_model
 from demgen.models.unet import UNet
 from demgen.tasks.base import ContractTask
-from demgen.tasks.common import plateau_optimizer_config, plateau_scheduler
+from demgen.tasks.common import plateau_optimizer_config
 from demgen.tasks.relief import FEATURES, relief_features
 from demgen.tasks.spec import LayerSpec, TaskSpec
 
@@ -319,94 +318,9 @@ class Dem2ImageTask(ContractTask):
         return plateau_optimizer_config(opt, self.hparams.lr_patience, self.monitor)
 
 
-class Dem2ImagePix2PixTask(Dem2ImageTask):
-    """pix2pix DEM -> image: U-Net G, PatchGAN D on ``concat(features, image)``.
-
-    Args (beyond :class:`Dem2ImageTask`'s): ``discriminator_kwargs`` (PatchGAN arguments),
-    ``gan_mode`` (``bce`` or ``lsgan``), ``lambda_gan`` (1), ``lambda_l1`` (100), ``lr``
-    and ``betas`` of both Adams (2e-4, (0.5, 0.999)). The default generator is the pix2pix
-    U-Net of depth 7 (``generator_kwargs`` change it).
-    """
-
-    task_name = "dem2image_pix2pix"
-
-    def __init__(
-        self,
-        image_norm: dict[str, Any],
-        elevation_norm: dict[str, Any],
-        *,
-        generator: str = "pix2pix",
-        generator_kwargs: dict[str, Any] | None = None,
-        discriminator_kwargs: dict[str, Any] | None = None,
-        gan_mode: str = "bce",
-        lambda_gan: float = 1.0,
-        lambda_l1: float = 100.0,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.5, 0.999),
-        **kwargs: Any,
-    ) -> None:
-        if gan_mode not in GAN_MODES:
-            raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {gan_mode!r}")
-        if generator == "pix2pix" and not generator_kwargs:
-            generator_kwargs = {"depth": 7, "base": 64, "max_width": 512}
-        super().__init__(image_norm, elevation_norm, generator=generator,
-                         generator_kwargs=generator_kwargs, lr=lr, **kwargs)  # fmt: skip
-        self.save_hyperparameters()
-        if self.hparams.get("reflectance_scale") is None:
-            self.hparams["reflectance_scale"] = default_reflectance_scale(self.hparams.image_dtype)
-        self.automatic_optimization = False
-        self.discriminator = build_model("patchgan", in_channels=self.in_channels + self.n_bands,
-                                         **(discriminator_kwargs or {}))  # fmt: skip
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hp = self.hparams
-        opt_g, opt_d = self.optimizers()
-        x, target, mask, true = self.batch_roles(batch)
-        fake = torch.where(mask, self(x), target)  # invalid pixels: the real ones, no gradient
-
-        real_pair, fake_pair = torch.cat([x, target], 1), torch.cat([x, fake], 1)
-        loss_d = 0.5 * (adversarial_loss(self.discriminator(real_pair), True, hp.gan_mode)
-                        + adversarial_loss(self.discriminator(fake_pair.detach()), False,
-                                           hp.gan_mode))  # fmt: skip
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d)
-        opt_d.step()
-
-        for p in self.discriminator.parameters():
-            p.requires_grad_(False)
-        adv = adversarial_loss(self.discriminator(fake_pair), True, hp.gan_mode)
-        l1 = self.l1_refl(fake, true, mask)
-        loss_g = hp.lambda_gan * adv + hp.lambda_l1 * l1
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
-        for p in self.discriminator.parameters():
-            p.requires_grad_(True)
-        bs = x.shape[0]
-        for name, v in (("d_loss", loss_d), ("adv", adv), ("l1", l1), ("loss", loss_g)):
-            key = "train_loss" if name == "loss" else f"train_{name}"
-            self.log(key, v.detach(), prog_bar=name in ("loss", "l1"), batch_size=bs)
-
-    def on_validation_epoch_end(self) -> None:
-        score = self.val_metrics.compute()["l1_refl"]
-        super().on_validation_epoch_end()
-        if self.trainer.sanity_checking or not torch.isfinite(score):
-            return  # manual optimization: Lightning does not step the schedulers
-        schedulers = self.lr_schedulers()
-        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sched.step(score)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        opts = [torch.optim.Adam(m.parameters(), lr=hp.lr, betas=tuple(hp.betas))
-                for m in (self.model, self.discriminator)]  # fmt: skip
-        return opts, [plateau_scheduler(o, hp.lr_patience) for o in opts]
-
-
 __all__ = [
     "DEM",
     "LANDCOVER",
-    "Dem2ImagePix2PixTask",
     "Dem2ImageTask",
     "ReflectanceMetrics",
     "height_center_scale",

@@ -20,7 +20,7 @@ TASKS: dict[str, str] = {
     "drpan": "demgen.tasks.drpan:DRPANTask",
     "refine": "demgen.tasks.refine:RefineTask",
     "dem2image": "demgen.tasks.dem2image:Dem2ImageTask",
-    "dem2image_pix2pix": "demgen.tasks.dem2image:Dem2ImagePix2PixTask",
+    "dem2image_pix2pix": "demgen.tasks.dem2image_gan:Dem2ImagePix2PixTask",
 }
 
 
