@@ -217,3 +217,30 @@ def test_recipe_trains_and_its_checkpoint_loads(recipe, tmp_path, monkeypatch):
     assert task.task_name == recipe.replace("_unet", "")
     assert task.hparams.image_dtype == "uint16" and task.hparams.pixel_size == pytest.approx(10)
     assert "extras" not in task.hparams and "input_norms" not in task.hparams
+
+
+def test_predict_cli_takes_the_dem_by_name(tmp_path):
+    """``demgen predict CKPT --input dem=DEM.tif -o IMAGE.tif``, and one line for a wrong name."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    task = _task()
+    trainer = lightning.Trainer(max_epochs=0, logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False)  # fmt: skip
+    trainer.strategy.connect(task)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    dem = _dem_file(tmp_path, n=64)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "demgen", "predict", str(ckpt), *args],
+                              capture_output=True, text=True)  # fmt: skip
+
+    ok = cli("--input", f"dem={dem}", "-o", str(tmp_path / "img.tif"), "--precision", "32")
+    assert ok.returncode == 0, ok.stderr
+    with rasterio.open(tmp_path / "img.tif") as ds:
+        assert ds.count == 4 and ds.dtypes[0] == "uint16" and ds.descriptions == tuple(BANDS)
+    bad = cli("--input", f"image={dem}", "-o", str(tmp_path / "x.tif"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "dem" in bad.stderr and not (tmp_path / "x.tif").exists()
