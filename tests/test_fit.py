@@ -79,6 +79,8 @@ def _store_for(config: str, stores: dict[str, str]) -> str:
         return stores["dsm" if "dsm" in config else "dtm"]
     if config.startswith("image2dem/"):
         return stores["npz"]
+    if config.startswith("synthesis/"):  # DEM -> image on a store `demgen prepare` made
+        return stores["dtm"]  # from rasters: georeferenced, so the pixel size is linked
     return stores["sat2dem"]
 
 
