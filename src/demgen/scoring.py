@@ -12,6 +12,12 @@ Image outputs (DEM -> image tasks: the first output's unit is ``reflectance``) a
 by :mod:`demgen.scoring_image` instead, beside its own two baselines; :func:`score_checkpoint`
 and :func:`render_report` dispatch on that unit, never on a task's name.
 
+Time stores (manifest format ``demgen-timestore/1``) hold dated chips and (day 0, t) pairs:
+checkpoints reading a reflectance image and a one-band class mask (image + mask -> future
+image) are scored there by :mod:`demgen.scoring_temporal`, beside persistence baselines and
+with a segmenter's building F1; the dispatch is on the store's format and the spec's input
+units.
+
 Chips are scored as one mosaic: stacked one above the other with a row of NaN between them,
 so slopes, aspects and SSIM windows never straddle two chips, and the DEM metrics of
 :mod:`demgen.metrics.dem` apply unchanged.
@@ -37,6 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from demgen.data.timestore import TIME_STORE_FORMAT
 from demgen.errors import InputError
 from demgen.scoring_image import (
     ChipPredictor,
@@ -44,6 +51,12 @@ from demgen.scoring_image import (
     render_image_report,
     score_image_checkpoint,
     split_chips,
+)
+from demgen.scoring_temporal import (
+    is_time_store,
+    reads_image_and_mask,
+    render_temporal_report,
+    score_temporal_checkpoint,
 )
 
 #: Methods scored, in report order.
@@ -99,16 +112,31 @@ def score_checkpoint(
     progress: bool = True,
     figure: str | Path | None = None,
     baseline_store: str | Path | None = None,
+    segmenter: Any = None,
 ) -> dict[str, Any]:
     """Score ``task`` on the chips of ``split`` of the chip store ``store_path`` (module
     docstring): metrics of the model and both baselines on the same valid pixels. With
     ``figure``, a PNG of the chip of median model MAE (prediction, truth, error). The
     baselines are fitted on the training split of ``baseline_store`` (default: the scored
-    store): give the store the model trained on when scoring another store's chips."""
+    store): give the store the model trained on when scoring another store's chips. On a
+    time store, the pairs are scored by :mod:`demgen.scoring_temporal` (``segmenter``: a
+    segmentation task or checkpoint path, for building F1; time stores only)."""
     from demgen.baselines import fit_baselines
     from demgen.data.chips import ChipStore
     from demgen.inference.scene import inference_copy
 
+    if is_time_store(store_path):  # image + mask -> future image: :mod:`demgen.scoring_temporal`
+        return score_temporal_checkpoint(
+            task, store_path, split=split, segmenter=segmenter, batch_size=batch_size,
+            device=device, precision=precision, progress=progress, figure=figure,
+            baseline_store=baseline_store,
+        )  # fmt: skip
+    if segmenter is not None:
+        raise InputError(f"{store_path}: a segmenter scores building F1 on time stores only "
+                         f"({TIME_STORE_FORMAT}); this is not one")  # fmt: skip
+    if reads_image_and_mask(task.spec):
+        raise InputError(f"the checkpoint reads a day-0 image and a mask: score it on a time "
+                         f"store ({TIME_STORE_FORMAT}), not {store_path}")  # fmt: skip
     out_layer = task.spec.outputs[0]
     if out_layer.unit == "reflectance":  # DEM -> image: :mod:`demgen.scoring_image`
         return score_image_checkpoint(
@@ -212,7 +240,9 @@ def _fmt(v: Any) -> str:
 
 
 def render_report(r: dict[str, Any], checkpoint: str | Path) -> str:
-    """A Markdown report of :func:`score_checkpoint`'s result (heights or images)."""
+    """A Markdown report of :func:`score_checkpoint`'s result (heights, images, pairs)."""
+    if r.get("store_format") == TIME_STORE_FORMAT:
+        return render_temporal_report(r, checkpoint)
     if r.get("unit") == "reflectance":
         return render_image_report(r, checkpoint)
     sfx = "_rel" if r["relative"] else ""

@@ -3,7 +3,8 @@
 Built from time-series folders (:mod:`demgen.data.timelayout`: synthetic, SpaceNet 7, a
 Sentinel-2 series) by :func:`build_time_store`. Layout::
 
-    manifest.json   format, bands, image dtype and reflectance scale, chip size, pixel size,
+    manifest.json   format, bands, image dtype and reflectance scale (the multiplier from
+                    stored values to reflectance, 1e-4 for uint16 x 10000), chip size, pixel size,
                     places (name, dates), locations (place, row, col, ground bounds, split),
                     the frame table (location, date index, days since the first date,
                     valid fraction), the pairs, the image normalization fitted on the
@@ -143,6 +144,8 @@ def _write(places, docs, tmp: Path, chip: int, bands: list[str]) -> dict[str, An
     for a in appenders.values():
         a.close()
     scale = docs[0].get("reflectance_scale") or default_reflectance_scale(dtype)
+    if scale > 1:  # a divisor (stored = reflectance x 10000): the store keeps the multiplier
+        scale = 1.0 / scale
     return {
         "format": TIME_STORE_FORMAT,
         "bands": bands,
