@@ -1,10 +1,13 @@
 """The task contract, for every registered task: build it small, fit two steps on a tiny
 store, save, load with ``load_task``, predict a 2-window scene from named inputs, export
 (TorchScript) and check the exported graph against the checkpoint on the same input. Image ->
-heights and heights -> image tasks alike: the store is the same, the roles swapped."""
+heights and heights -> image tasks alike: the store is the same, the roles swapped. The
+time-series tasks (temporal synthesis, building segmentation) train on a tiny synthetic time
+store instead and predict from a day-0 image and a building mask cropped from its series."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import lightning as L
@@ -29,6 +32,8 @@ ROWS, COLS, WINDOW, OVERLAP = 32, 56, 32, 0.25
 EXTRAS = ("initial_dsm", "ortho2", "triangulation_error")
 TINY_G = {"base": 8, "depth": 5, "dropout": 0.0}  # the pix2pix U-Net at 32 px
 TINY_D = {"base": 8, "n_layers": 2}
+#: Tasks that train on a time store (demgen.data.time_datamodule), not on a chip store.
+TIME_TASKS = ("segment", "temporal")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,6 +61,55 @@ def world(tmp_path_factory):
                 descriptions=list(ds.descriptions) if any(ds.descriptions) else None,
             )  # fmt: skip
     return {"plain": str(plain), "refine": str(refine), "crops": crops}
+
+
+@pytest.fixture(scope="module")
+def time_world(tmp_path_factory):
+    """A tiny synthetic time store (one 96-px place, 3 dates, no clouds) and the prediction
+    scene's crops of its series: the day-0 image and the last date's building mask."""
+    if importlib.util.find_spec("demgen.data.time_datamodule") is None:
+        pytest.skip("the time store (demgen.data.time_datamodule) is not in this checkout")
+    from demgen.data.time_datamodule import SynthTimeSeriesDataModule
+
+    d = tmp_path_factory.mktemp("contract_time")
+    args = {"cache_dir": str(d / "cache"), "n_scenes": 1, "size": 96, "times": 3,
+            "cloud_cover": 0.0, "chip_size": CHIP, "block": 1, "fractions": (0.5, 0.5, 0.0),
+            "batch_size": 2, "num_workers": 0, "augment": False}  # fmt: skip
+    dm = SynthTimeSeriesDataModule(**args)
+    series = sorted((d / "cache").glob("synthtime_*/series/*/t00"))[0].parent
+    dates = sorted(series.glob("t[0-9]*"))
+    crops = {}
+    for name, src in (("image_t0", dates[0] / "image.tif"),
+                      ("mask_t", dates[-1] / "buildings.tif")):  # fmt: skip
+        with rasterio.open(src) as ds:
+            w = Window(8, 16, COLS, ROWS)
+            crops[name] = write_raster(
+                d / f"crop_{name}.tif", ds.read(window=w), crs=ds.crs,
+                transform=ds.window_transform(w), nodata=ds.nodata,
+                descriptions=list(ds.descriptions) if any(ds.descriptions) else None,
+            )  # fmt: skip
+    crops["image"] = crops["image_t0"]
+    return {"args": args, "pairs": dm, "crops": crops}
+
+
+def _build_time(name: str, time_world) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """A tiny time-series task and its data module: pairs for temporal synthesis, dated
+    frames for segmentation (what their recipes use)."""
+    from demgen.data.time_datamodule import SynthTimeSeriesDataModule
+
+    dm = time_world["pairs"]
+    if name == "segment":
+        dm = SynthTimeSeriesDataModule(**time_world["args"], mode="frames")
+    common = {"chip_size": CHIP, "pixel_size": dm.pixel_size, "channels_last": False,
+              "image_dtype": dm.store.manifest["image_dtype"]}  # fmt: skip
+    norm = dm.normalization["image"]
+    if name == "temporal":
+        task = task_class(name)(norm, None, generator="attention_unet", use_gap=True,
+                                generator_kwargs={"base": 8, "depth": 2},
+                                discriminator_kwargs=TINY_D, **common)  # fmt: skip
+    else:
+        task = task_class(name)(norm, None, generator_kwargs={"base": 8, "depth": 2}, **common)
+    return task, dm
 
 
 def _build(name: str, world) -> tuple[L.LightningModule, ChipDataModule]:
@@ -110,12 +164,17 @@ def _read_inputs(task, paths) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_task_contract(name, world, tmp_path):
+def test_task_contract(name, request, tmp_path):
     torch.manual_seed(0)
-    task, dm = _build(name, world)
+    if name in TIME_TASKS:
+        world = request.getfixturevalue("time_world")
+        task, dm = _build_time(name, world)
+    else:
+        world = request.getfixturevalue("world")
+        task, dm = _build(name, world)
     spec = task.spec
     assert isinstance(spec, TaskSpec) and spec.window_multiple >= 1
-    assert all(la.unit in ("metre", "reflectance") for la in spec.outputs)
+    assert all(la.unit in ("metre", "reflectance", "probability") for la in spec.outputs)
 
     # fit two steps, save as `demgen fit` does, load by the recorded task name
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1,

@@ -111,7 +111,7 @@ def _self_contained(config: str) -> bool:
     """Whether a shipped config makes its own data (SynthWorldDataModule) instead of reading
     a chip store given with --data.store."""
     data = yaml.safe_load((CONFIGS / config).read_text())["data"]
-    return data["class_path"].endswith("SynthWorldDataModule")
+    return data["class_path"].endswith(("SynthWorldDataModule", "SynthTimeSeriesDataModule"))
 
 
 @pytest.mark.parametrize("config", [_mark(c) for c in SHIPPED])
@@ -122,11 +122,13 @@ def test_every_config_runs_one_step(config, stores, tmp_path, monkeypatch):
         args = [*_tiny_quick(tmp_path / "cache"), "--run_root", str(tmp_path / "runs"),
                 "--trainer.fast_dev_run", "true"]  # fmt: skip
     elif _self_contained(config):  # synthesizes its own world (demo.yaml): a tiny one here
-        chip = "128" if "pix2pix" in config else "64"  # the pix2pix G of depth 7 needs 2**7
+        chip = "128" if "synthesis/dem2image_pix2pix" in config else "64"  # a depth-7 G
         args += ["--data.init_args.cache_dir", str(tmp_path / "cache"),
-                 "--data.init_args.size", "256", "--data.init_args.n_scenes", "2",
-                 "--data.init_args.chip_size", chip,
+                 "--data.init_args.size", "128" if config.startswith("temporal/") else "256",
+                 "--data.init_args.n_scenes", "2", "--data.init_args.chip_size", chip,
                  "--data.init_args.batch_size", "2"]  # fmt: skip
+        if config.startswith("temporal/"):  # a time series: three dates
+            args += ["--data.init_args.times", "3"]
     else:
         args += ["--data.store", _store_for(config, stores), "--data.batch_size", "2",
                  "--data.init_args.num_workers", "0"]  # fmt: skip

@@ -21,6 +21,8 @@ TASKS: dict[str, str] = {
     "refine": "demgen.tasks.refine:RefineTask",
     "dem2image": "demgen.tasks.dem2image:Dem2ImageTask",
     "dem2image_pix2pix": "demgen.tasks.dem2image_gan:Dem2ImagePix2PixTask",
+    "temporal": "demgen.tasks.temporal:TemporalTask",
+    "segment": "demgen.tasks.segment:SegmentTask",
 }
 
 
