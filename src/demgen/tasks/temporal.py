@@ -55,6 +55,7 @@ from demgen.data.fill import fill_invalid, image_fill_value
 from demgen.data.normalize import default_reflectance_scale, norm_from_dict
 from demgen.losses import GAN_MODES, adversarial_loss
 from demgen.models import build_model
+from demgen.models.skip import InputSkip
 from demgen.tasks.base import ContractTask
 from demgen.tasks.common import plateau_scheduler, stored_fill
 from demgen.tasks.dem2image import ReflectanceMetrics
@@ -93,6 +94,10 @@ class TemporalTask(ContractTask):
         use_gap: add the channel ``gap_days / 365``.
         predict_gap_days: the gap used at prediction (``use_gap`` only); None: the training
             median, else 365.
+        residual: the generator draws the change since day 0: its output is added to the
+            normalized day-0 bands (:class:`~demgen.models.skip.InputSkip`), so an untrained
+            model starts at persistence (the baseline every model must beat) and the L1 and
+            adversarial terms act on what changed; outputs stay in the image's units.
         generator, generator_kwargs: ``pix2pix`` or ``attention_unet`` and its arguments
             (:data:`DEFAULT_GENERATOR_KWARGS` when empty); the pix2pix output is linear.
         discriminator_kwargs: PatchGAN arguments.
@@ -117,6 +122,7 @@ class TemporalTask(ContractTask):
         reflectance_scale: float | None = None,
         use_gap: bool = False,
         predict_gap_days: float | None = None,
+        residual: bool = True,
         generator: str = "pix2pix",
         generator_kwargs: dict[str, Any] | None = None,
         discriminator_kwargs: dict[str, Any] | None = None,
@@ -153,6 +159,8 @@ class TemporalTask(ContractTask):
         self.model = build_model(
             generator, in_channels=self.in_channels, out_channels=self.n_bands, **kwargs
         )
+        if residual:  # the network draws the change since day 0 (models/skip.py)
+            self.model = InputSkip(self.model, self.n_bands)
         self.discriminator = build_model(
             "patchgan", in_channels=self.in_channels + self.n_bands, **(discriminator_kwargs or {})
         )
@@ -277,8 +285,8 @@ class TemporalTask(ContractTask):
         return {
             "inputs": inputs,
             "normalizations": norms,
-            "output": "normalized bands (B, C, H, W); stored units = image_norm inverse, "
-            "clamped at 0",
+            "output": "normalized bands (B, C, H, W) (with residual: the graph already adds the "
+            "normalized day-0 bands); stored units = image_norm inverse, clamped at 0",
         }
 
     # ---------------------------------------------------------------- training
