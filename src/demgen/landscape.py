@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from demgen.data.synth.climate import Climate
 from demgen.data.synth.config import (
     RELIEFS,
     SYNTH_VERTICAL_CRS,
@@ -42,8 +41,8 @@ from demgen.data.synth.config import (
     scene_transform,
 )
 from demgen.data.synth.perlin_terrain import perlin_relief, perlin_terrain
-from demgen.data.synth.terrain import LC_HALO, PRESETS, classify, erode, terrain_elevation
-from demgen.data.synth.tiling import scene_tiles, tile_coords
+from demgen.data.synth.tiling import scene_tiles
+from demgen.data.synth.world import ground_tile
 from demgen.errors import InputError
 from demgen.io.raster import NODATA, atomic_dir, write_raster
 
@@ -108,22 +107,11 @@ def landscape_config(seed: int, relief: str, size: int, pixel_size: float) -> Sc
 
 def synth_dtm(cfg: SceneConfig) -> np.ndarray:
     """The DTM (float32 metres, water at sea level) of a resolved scene config, tile by tile
-    exactly as :func:`demgen.data.synth.generate_scene` computes its ``dtm.tif``: noise,
-    erosion with its halo, then the land cover pass that levels water."""
-    assert cfg.origin is not None and cfg.elevation_range is not None
-    assert cfg.sea_level is not None and cfg.climate is not None
-    preset, climate = PRESETS[cfg.relief], Climate.from_dict(cfg.climate)
-    px, n_it = cfg.pixel_size, int(cfg.erosion_iterations)
-    halo, span = 2 * n_it + LC_HALO, cfg.elevation_range[1] - cfg.elevation_range[0]
+    exactly as :func:`demgen.data.synth.generate_scene` computes its ``dtm.tif``
+    (:func:`demgen.data.synth.world.ground_tile`)."""
     out = np.empty((cfg.size, cfg.size), dtype=np.float32)
     for r0, c0, th, tw in scene_tiles(cfg.size, cfg.tile):
-        xm, ym, _, _ = tile_coords(cfg, r0 - halo, c0 - halo, th + 2 * halo, tw + 2 * halo)
-        h = terrain_elevation(xm, ym, cfg.seed, preset, cfg.elevation_range, px)
-        h = erode(h, n_it, px, preset.talus_deg, span)
-        e = 2 * n_it
-        xe, ye = xm[:, e : xm.shape[1] - e], ym[e : ym.shape[0] - e, :]
-        _, dtm, _ = classify(h, xe, ye, cfg.seed, preset, cfg.sea_level, px, climate)
-        out[r0 : r0 + th, c0 : c0 + tw] = dtm
+        out[r0 : r0 + th, c0 : c0 + tw] = ground_tile(cfg, r0, c0, th, tw)[1]
     return out
 
 

@@ -64,18 +64,34 @@ __all__ = [
 ]
 
 
+def ground_tile(
+    cfg: SceneConfig, r0: int, c0: int, th: int, tw: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Land cover, DTM and DSM of the tile at (r0, c0) of size (th, tw) of a resolved scene
+    config: terrain noise over the tile and its halo, erosion, then the land-cover pass that
+    levels water and raises buildings and trees. Tiles computed this way join seamlessly."""
+    assert cfg.elevation_range is not None and cfg.sea_level is not None
+    assert cfg.climate is not None
+    preset, climate, px = PRESETS[cfg.relief], Climate.from_dict(cfg.climate), cfg.pixel_size
+    n_it = int(cfg.erosion_iterations)
+    halo = 2 * n_it + LC_HALO
+    span = cfg.elevation_range[1] - cfg.elevation_range[0]
+    xm, ym, _, _ = tile_coords(cfg, r0 - halo, c0 - halo, th + 2 * halo, tw + 2 * halo)
+    h = terrain_elevation(xm, ym, cfg.seed, preset, cfg.elevation_range, px)
+    h = erode(h, n_it, px, preset.talus_deg, span)
+    e = 2 * n_it
+    xe, ye = xm[:, e : xm.shape[1] - e], ym[e : ym.shape[0] - e, :]
+    return classify(h, xe, ye, cfg.seed, preset, cfg.sea_level, px, climate)
+
+
 def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
     assert cfg.origin is not None and cfg.elevation_range is not None
     assert cfg.sea_level is not None and cfg.climate is not None
-    preset = PRESETS[cfg.relief]
     climate = Climate.from_dict(cfg.climate)
     size, px = cfg.size, cfg.pixel_size
     transform = scene_transform(cfg)
     crs = CRS.from_user_input(cfg.crs)
     tiles = scene_tiles(size, cfg.tile)
-    n_it = int(cfg.erosion_iterations)
-    halo = 2 * n_it + LC_HALO
-    span = cfg.elevation_range[1] - cfg.elevation_range[0]
     classes_json = dumps({str(k): v for k, v in CLASSES.items()}, indent=None)
 
     def prof(count: int, dtype: str) -> dict[str, Any]:
@@ -99,13 +115,7 @@ def _write_scene(tmp: Path, cfg: SceneConfig, progress: bool) -> dict[str, Any]:
                         tags={"classes": classes_json}) as w_lc,
         ):  # fmt: skip
             for r0, c0, th, tw in tiles:
-                xm, ym, _, _ = tile_coords(cfg, r0 - halo, c0 - halo, th + 2 * halo, tw + 2 * halo)
-                h = terrain_elevation(xm, ym, cfg.seed, preset, cfg.elevation_range, px)
-                h = erode(h, n_it, px, preset.talus_deg, span)
-                e = 2 * n_it
-                xe = xm[:, e : xm.shape[1] - e]
-                ye = ym[e : ym.shape[0] - e, :]
-                lc, dtm, dsm = classify(h, xe, ye, cfg.seed, preset, cfg.sea_level, px, climate)
+                lc, dtm, dsm = ground_tile(cfg, r0, c0, th, tw)
                 win = Window(c0, r0, tw, th)
                 w_dtm.write(dtm, 1, window=win)
                 w_dsm.write(dsm, 1, window=win)
