@@ -4,17 +4,19 @@ The checkpoint's task declares its named inputs and outputs (``task.spec``, see
 :mod:`demgen.tasks.spec`); this command maps rasters onto those names and never looks at the
 task's name: ``--input NAME=PATH`` names a layer (``--layer`` is an alias kept for old
 scripts), and positional IMAGE paths are the shorthand for the first input (several of them,
-or a glob, predict several scenes of a one-input task).
+or a glob, predict several scenes of a one-input task, resumably and, under a launcher,
+shared among the ranks: :func:`demgen.inference.many.predict_many`).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import sys
 import time
 from pathlib import Path
 
-from demgen.cli.common import add_precision_argument, positive_int
+from demgen.cli.common import EXIT_USAGE, add_precision_argument, positive_int
 from demgen.errors import DemgenError
 
 
@@ -33,8 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "reads ortho1, initial_dsm, ...); a positional IMAGE is the first input. One "
             "scene: OUTPUT is the file (a task with several outputs writes "
             "OUTPUT-stem_<name>.tif for each). Several IMAGEs or a glob (one-input "
-            "checkpoints): OUTPUT is a folder and each result is OUTPUT/<input name>_dem.tif. "
-            "Files appear only when complete."
+            "checkpoints): OUTPUT is a folder and each result is OUTPUT/<input name>_dem.tif; "
+            "scenes whose outputs exist are skipped, a scene that fails is reported and the "
+            "others go on (exit 2 at the end), so a rerun predicts only what is missing. "
+            "Under torchrun or srun each process predicts its share of the scenes on its own "
+            "GPU. Files appear only when complete."
         ),
     )
     p.add_argument("checkpoint", type=Path, help="model checkpoint (.ckpt) from demo or fit")
@@ -79,7 +84,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="predict even if the pixel size differs from the training data's",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (else an existing OUTPUT file is refused, and the "
+        "existing outputs in an OUTPUT folder are skipped)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -140,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint.exists():
         raise DemgenError(f"{args.checkpoint}: no such checkpoint")
 
+    from demgen.inference.many import predict_many
+    from demgen.inference.ranks import world
     from demgen.inference.scene import output_files, output_paths, predict_scene, resolve_inputs
     from demgen.tasks.registry import load_task
 
@@ -150,25 +162,26 @@ def run(args: argparse.Namespace) -> int:
         resolve_inputs(spec, job)  # one line naming what is missing, before anything runs
     first = spec.inputs[0].name
     outputs = output_paths([job[first] for job in jobs], args.output)
-    existing = [f for o in outputs for f in output_files(spec, o).values() if f.exists()]
-    if existing and not args.overwrite:
-        raise DemgenError(f"{existing[0]} already exists (pass --overwrite to replace it)")
-    for job, dst in zip(jobs, outputs, strict=True):
+    options = dict(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+                   precision=args.precision, tta=args.tta, reference=args.reference,
+                   cog=args.cog, any_resolution=args.any_resolution,
+                   progress=not args.quiet)  # fmt: skip
+    rank, size, _ = ranks = world()
+    folder = len(jobs) > 1 or outputs[0] != args.output
+    if not folder and rank == 0 and not args.overwrite:  # one named file: refused, as ever
+        existing = [f for f in output_files(spec, outputs[0]).values() if f.exists()]
+        if existing:
+            raise DemgenError(f"{existing[0]} already exists (pass --overwrite to replace it)")
+    if not folder and size == 1:  # one scene, one process: its error is the command's
         t0 = time.time()
-        predict_scene(
-            task,
-            job,
-            dst,
-            window=args.window,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            tta=args.tta,
-            reference=args.reference,
-            cog=args.cog,
-            any_resolution=args.any_resolution,
-            progress=not args.quiet,
-        )
-        written = ", ".join(str(p) for p in output_files(spec, dst).values())
+        predict_scene(task, jobs[0], outputs[0], **options)
+        written = ", ".join(str(p) for p in output_files(spec, outputs[0]).values())
         print(f"wrote {written} ({time.time() - t0:.1f} s)")
-    return 0
+        return 0
+    summary = predict_many(
+        task, jobs, outputs, overwrite=args.overwrite or not folder, ranks=ranks,
+        log=lambda line: print(line, flush=True),
+        warn=lambda line: print(f"demgen predict: error: {line}", file=sys.stderr, flush=True),
+        **options,
+    )  # fmt: skip
+    return EXIT_USAGE if summary.failed else 0
