@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from demgen.data.normalize import default_reflectance_scale
-from demgen.losses import GAN_MODES, adversarial_loss
+from demgen.losses import GAN_MODES
 from demgen.models import build_model
-from demgen.tasks.common import plateau_scheduler
 from demgen.tasks.dem2image import Dem2ImageTask
+from demgen.tasks.gan import gan_optimizers, gan_step, step_plateaus
 
 
 class Dem2ImagePix2PixTask(Dem2ImageTask):
@@ -74,48 +74,17 @@ class Dem2ImagePix2PixTask(Dem2ImageTask):
                                          **(discriminator_kwargs or {}))  # fmt: skip
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hp = self.hparams
-        opt_g, opt_d = self.optimizers()
         x, target, mask, true = self.batch_roles(batch)
         fake = torch.where(mask, self(x), target)  # invalid pixels: the real ones, no gradient
-
-        real_pair, fake_pair = torch.cat([x, target], 1), torch.cat([x, fake], 1)
-        loss_d = 0.5 * (adversarial_loss(self.discriminator(real_pair), True, hp.gan_mode)
-                        + adversarial_loss(self.discriminator(fake_pair.detach()), False,
-                                           hp.gan_mode))  # fmt: skip
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d)
-        opt_d.step()
-
-        for p in self.discriminator.parameters():
-            p.requires_grad_(False)
-        adv = adversarial_loss(self.discriminator(fake_pair), True, hp.gan_mode)
-        l1 = self.l1_refl(fake, true, mask)
-        loss_g = hp.lambda_gan * adv + hp.lambda_l1 * l1
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
-        for p in self.discriminator.parameters():
-            p.requires_grad_(True)
-        bs = x.shape[0]
-        for name, v in (("d_loss", loss_d), ("adv", adv), ("l1", l1), ("loss", loss_g)):
-            key = "train_loss" if name == "loss" else f"train_{name}"
-            self.log(key, v.detach(), prog_bar=name in ("loss", "l1"), batch_size=bs)
+        gan_step(self, x, target, fake, lambda f: self.l1_refl(f, true, mask))
 
     def on_validation_epoch_end(self) -> None:
         score = self.val_metrics.compute()["l1_refl"]
         super().on_validation_epoch_end()
-        if self.trainer.sanity_checking or not torch.isfinite(score):
-            return  # manual optimization: Lightning does not step the schedulers
-        schedulers = self.lr_schedulers()
-        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sched.step(score)
+        step_plateaus(self, score)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opts = [torch.optim.Adam(m.parameters(), lr=hp.lr, betas=tuple(hp.betas))
-                for m in (self.model, self.discriminator)]  # fmt: skip
-        return opts, [plateau_scheduler(o, hp.lr_patience) for o in opts]
+        return gan_optimizers(self)
 
 
 __all__ = ["Dem2ImagePix2PixTask"]

@@ -53,12 +53,13 @@ import torch
 
 from demgen.data.fill import fill_invalid, image_fill_value
 from demgen.data.normalize import default_reflectance_scale, norm_from_dict
-from demgen.losses import GAN_MODES, adversarial_loss
+from demgen.losses import GAN_MODES
 from demgen.models import build_model
 from demgen.models.skip import InputSkip
 from demgen.tasks.base import ContractTask
-from demgen.tasks.common import plateau_scheduler, stored_fill
+from demgen.tasks.common import stored_fill
 from demgen.tasks.dem2image import ReflectanceMetrics
+from demgen.tasks.gan import gan_optimizers, gan_step, step_plateaus
 from demgen.tasks.spec import LayerSpec, TaskSpec
 
 #: Input and output layer names.
@@ -322,40 +323,12 @@ class TemporalTask(ContractTask):
             self.train_gap_days.fill_(float(torch.cat(self._gaps).double().quantile(0.5)))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hp = self.hparams
         self._record_gaps(batch)
-        opt_g, opt_d = self.optimizers()
         r = self.batch_roles(batch)
         x, target, mask = r["x"], r["target"], r["mask"]
         true = self.reflectance(target)
         fake = torch.where(mask, self(x), target)  # invalid pixels: the real ones, no gradient
-        gan = hp.lambda_gan > 0
-        zero = torch.zeros((), device=x.device)
-
-        loss_d = adv = zero
-        if gan:
-            real_pair, fake_pair = torch.cat([x, target], 1), torch.cat([x, fake], 1)
-            loss_d = 0.5 * (adversarial_loss(self.discriminator(real_pair), True, hp.gan_mode)
-                            + adversarial_loss(self.discriminator(fake_pair.detach()), False,
-                                               hp.gan_mode))  # fmt: skip
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
-            for p in self.discriminator.parameters():
-                p.requires_grad_(False)
-            adv = adversarial_loss(self.discriminator(fake_pair), True, hp.gan_mode)
-        l1 = self.l1_refl(fake, true, mask)
-        loss_g = hp.lambda_gan * adv + hp.lambda_l1 * l1
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
-        if gan:
-            for p in self.discriminator.parameters():
-                p.requires_grad_(True)
-        bs = x.shape[0]
-        for name, v in (("d_loss", loss_d), ("adv", adv), ("l1", l1), ("loss", loss_g)):
-            key = "train_loss" if name == "loss" else f"train_{name}"
-            self.log(key, v.detach(), prog_bar=name in ("loss", "l1"), batch_size=bs)
+        gan_step(self, x, target, fake, lambda f: self.l1_refl(f, true, mask))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         r = self.batch_roles(batch)
@@ -377,18 +350,10 @@ class TemporalTask(ContractTask):
             self.log(key, metric.compute()["l1_refl"], sync_dist=False)
         for metric in (self.val_metrics, self.val_changed, self.val_copy, self.val_copy_changed):
             metric.reset()
-        score = values["l1_refl"]
-        if self.trainer.sanity_checking or not torch.isfinite(score):
-            return  # manual optimization: Lightning does not step the schedulers
-        schedulers = self.lr_schedulers()
-        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sched.step(score)
+        step_plateaus(self, values["l1_refl"])
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opts = [torch.optim.Adam(m.parameters(), lr=hp.lr, betas=tuple(hp.betas))
-                for m in (self.model, self.discriminator)]  # fmt: skip
-        return opts, [plateau_scheduler(o, hp.lr_patience) for o in opts]
+        return gan_optimizers(self)
 
 
 __all__ = [
