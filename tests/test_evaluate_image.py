@@ -235,3 +235,90 @@ def test_cli_summary_feature_net_and_overwrite(tmp_path, capsys):
     small = evaluate_image(p, r, fd_chip=256)
     assert small["fd_demgen_rand"] is None and "fewer" not in small["fd_note"]
     assert "2 or more" in small["fd_note"]
+
+
+def holey_pair(tmp_path, rows: int, cols: int, seed: int = 20, speckle: float = 0.003):
+    """A 3-band uint16 pair: reference with declared-nodata holes (and a ``speckle``
+    fraction of single invalid pixels), prediction with Sentinel-2-style holes (0 in every
+    band, no nodata declared), a mask with more."""
+    rng = np.random.default_rng(seed)
+    side = max(rows, cols)
+    ref = scaled(texture(seed, 3, side))[:, :rows, :cols]
+    pred = np.clip(ref + rng.normal(0, 300, ref.shape), 1, 20000).astype(np.uint16)
+    ref[:, 40:47, 10:60] = 0
+    ref[:, rng.random((rows, cols)) < speckle] = 0
+    pred[:, 150:170, 100:130] = 0
+    pred[1, 5:9, 5:9] = 0  # 0 in one band only: a valid pixel
+    mask = np.ones((rows, cols), np.uint8)
+    mask[-3:, :] = 0
+    names = S2[:3]
+    r = write(tmp_path / "ref.tif", ref, descriptions=names, nodata=0)
+    p = write(tmp_path / "pred.tif", pred, descriptions=names)
+    m = write(tmp_path / "mask.tif", mask, descriptions=None)
+    return p, r, m
+
+
+def assert_close(a, b, rel=1e-9, path="m"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_close(a[k], b[k], rel, f"{path}.{k}")
+    elif isinstance(a, float) and isinstance(b, float) and not math.isnan(b):
+        assert a == pytest.approx(b, rel=rel, abs=1e-12), path
+    elif isinstance(b, float) and math.isnan(b):
+        assert isinstance(a, float) and math.isnan(a), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize(("rows", "cols", "speckle"), [(300, 170, 0.003), (301, 190, 0.0)])
+def test_windowed_metrics_equal_the_whole_array_ones(tmp_path, rows, cols, speckle):
+    """Strips of 32, 1000 and 7 rows give image_metrics' numbers on the whole arrays
+    (MS-SSIM's 5 scales need 176 px a side: the second image)."""
+    from demgen.evaluation_image import complete_chips, load_image_pair
+    from demgen.evaluation_image_windows import distribution_metrics
+    from demgen.metrics.image import image_metrics
+
+    p, r, mask = holey_pair(tmp_path, rows, cols, speckle=speckle)
+    pair = load_image_pair(p, r, mask=mask)
+    whole = image_metrics(pair.prediction, pair.reference, pair.valid,
+                          data_range=pair.data_range, band_names=pair.bands)  # fmt: skip
+    assert 0 < whole["valid_px"] < rows * cols - 50 * 7
+    if cols < 176:
+        assert whole["ms_ssim"] is None and "ms_ssim_note" in whole
+    else:
+        assert 0 < whole["ms_ssim"] < 1  # a number, not NaN: the coarsest scale has pixels
+    fd = distribution_metrics(*complete_chips(pair, 16), data_range=pair.data_range, chip=16)
+    for window_rows in (32, 1000, 7):
+        m = evaluate_image(p, r, mask=mask, fd_chip=16, window_rows=window_rows)
+        assert_close({k: m[k] for k in whole}, whole)
+        assert m["fd_chips"] == fd["fd_chips"] > 10
+        assert m["fd_demgen_rand"] == pytest.approx(fd["fd_demgen_rand"], rel=1e-6)
+
+
+def test_windowed_ms_ssim_with_fewer_scales_and_the_figure_view(tmp_path):
+    import rasterio
+
+    from demgen.evaluation_grid import OnGrid
+    from demgen.evaluation_image import load_image_pair
+    from demgen.evaluation_image_windows import ImageReaders, band_ssim, scan
+    from demgen.metrics.image import MS_SSIM_BETAS, ms_ssim
+
+    p, r, mask = holey_pair(tmp_path, 300, 170, seed=21)
+    pair = load_image_pair(p, r, mask=mask)
+    zeroed = [np.where(pair.valid, a, 0.0) for a in (pair.prediction, pair.reference)]
+    betas = MS_SSIM_BETAS[:3]
+    want = ms_ssim(*zeroed, pair.valid, data_range=pair.data_range, betas=betas)
+    with OnGrid(p, pair.grid, implicit_nodata=0) as gp, OnGrid(r, pair.grid) as gr, \
+            OnGrid(mask, pair.grid, categorical=True) as gm:  # fmt: skip
+        readers = ImageReaders(pair.grid, gp, gr, [1, 2, 3], [1, 2, 3], gm)
+        with rasterio.Env():
+            s = scan(readers, rows=50, figure_side=64)
+            got = [band_ssim(readers, s, b, pair.data_range, rows=50, betas=betas)[1]
+                   for b in range(3)]  # fmt: skip
+    assert np.mean(got) == pytest.approx(want, rel=1e-9)
+    view = s.image_view(pair.bands, pair.data_range)
+    k = view.step
+    assert k == 5 and view.valid.shape == (60, 34)
+    assert np.array_equal(view.valid, pair.valid[::k, ::k])
+    np.testing.assert_array_equal(view.reference, pair.reference[:, ::k, ::k].astype(np.float32))

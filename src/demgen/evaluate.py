@@ -253,8 +253,9 @@ def evaluate_to_folder(
     (refused when ``out_dir`` holds anything and ``overwrite`` is false).
 
     ``kind`` ("auto", "dem" or "image"; :func:`demgen.evaluation_image.resolve_kind`): two
-    images go to :func:`demgen.evaluation_image.evaluate_image_to_folder` with ``mask`` and
-    ``image_options`` (``data_range``, ``feature_net``, ``fd_chip``); two DEMs stay here.
+    images go to :func:`demgen.evaluation_image.evaluate_image_to_folder` with ``mask``,
+    ``window_rows`` and ``image_options`` (``data_range``, ``feature_net``, ``fd_chip``);
+    two DEMs stay here.
     """
     from demgen.evaluation_image import evaluate_image_to_folder, resolve_kind
     from demgen.viz.figures import evaluation_figure
@@ -264,8 +265,9 @@ def evaluate_to_folder(
         if landcover is not None or coregister:
             raise InputError("--landcover and --coregister are for DEMs, not for images")
         return evaluate_image_to_folder(
-            prediction, reference, out_dir, mask=mask, overwrite=overwrite, **image_options
-        )
+            prediction, reference, out_dir, mask=mask, overwrite=overwrite,
+            window_rows=window_rows, **image_options,
+        )  # fmt: skip
     if image_options:
         raise InputError(
             f"{', '.join(image_options)}: options for images, but {prediction} and "

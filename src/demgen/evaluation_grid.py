@@ -163,13 +163,17 @@ class OnGrid:
     def read_all(self) -> np.ndarray:
         return self.read(0, self.grid.height)
 
-    def read_bands(self, bands: list[int], row0: int = 0, nrows: int | None = None) -> np.ndarray:
+    def read_bands(
+        self, bands: list[int], row0: int = 0, nrows: int | None = None, *, masked: bool = True
+    ) -> np.ndarray:
         """Bands (1-based) of rows ``row0 .. row0 + nrows`` (default: to the end) on the grid,
-        (bands, rows, width) float64, NaN where GDAL's mask or ``implicit_nodata`` says so."""
+        (bands, rows, width) float64, NaN where GDAL's mask or ``implicit_nodata`` says so
+        (``masked=False``: the values as stored, for a caller that knows the valid pixels;
+        a warped file's nodata is NaN either way)."""
         nrows = self.grid.height - row0 if nrows is None else nrows
         win = Window(0, row0, self.grid.width, nrows)
         a = self.ds.read(bands, window=win).astype(np.float64)
-        if self.resampling == "none":
+        if self.resampling == "none" and masked:
             a[self.ds.read_masks(bands, window=win) == 0] = np.nan
             if self.implicit_nodata is not None:
                 a[:, (a == self.implicit_nodata).all(axis=0)] = np.nan

@@ -14,21 +14,24 @@ against the true image. :func:`is_image_raster` tells an image from a DEM, and
   internal mask, an alpha band), not 0 in every band of a uint16 file that declares no
   nodata (Sentinel-2 L2A's no-data), and nonzero in ``mask``.
 - Data range: :func:`data_range_of`, one rule per unit, unless given.
-- Metrics: :func:`demgen.metrics.image.image_metrics` (PSNR, SSIM, MS-SSIM, SAM, ERGAS,
-  RMSE, MAE in the files' units, overall and per band) and, on complete valid chips
+- Metrics: those of :func:`demgen.metrics.image.image_metrics` (PSNR, SSIM, MS-SSIM, SAM,
+  ERGAS, RMSE, MAE in the files' units, overall and per band) and, on complete valid chips
   (:func:`complete_chips`), :mod:`demgen.metrics.perceptual`: ``fd_demgen_rand`` (a
   Fréchet distance on demgen's fixed random-feature net, *not* Inception FID) and, with a
   user's TorchScript ``feature_net``, FID, KID and LPIPS.
-- Report: ``metrics.json``, ``report.md`` and ``figure.png``
-  (:mod:`demgen.evaluation_image_report`).
+- Report: ``metrics.json``, ``report.md`` and ``figure.png`` (every k-th pixel, at most
+  1024 a side; :mod:`demgen.evaluation_image_report`).
 
-Memory: unlike the DEM path (read in strips), both images are read whole as float64 and
-the metrics take copies: about 60 bytes per pixel and band at the peak (10k x 10k px x 4
-bands: ~24 GB). Crop larger scenes, or evaluate them in tiles.
+Memory: as the DEM path, both images are read in strips of ``window_rows`` rows
+(:mod:`demgen.evaluation_image_windows`), with the numbers the whole arrays give: a
+10980 x 10980 x 4 uint16 Sentinel-2 tile pair peaks at 1.2 GB resident
+(``benchmarks/evaluate_image_memory.json``; whole, it took ~29 GB). :func:`load_image_pair`
+still reads both whole (~60 bytes per pixel and band with the metrics' copies).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -39,13 +42,29 @@ import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp
 
-from demgen.errors import InputError, first_line
+from demgen.errors import InputError
 from demgen.evaluation_grid import GDAL_CACHE_BYTES, OnGrid, RefGrid, check_out_dir
 from demgen.evaluation_grid import reference_grid as _reference_grid
-from demgen.evaluation_image_report import image_figure, render_image_markdown, summary
+from demgen.evaluation_image_report import (
+    FIGURE_SIDE,
+    image_figure,
+    render_image_markdown,
+    summary,
+)
+from demgen.evaluation_image_windows import (
+    FD_CHIP,
+    FD_MAX_CHIPS,
+    WINDOW_ROWS,
+    ImageReaders,
+    assemble_metrics,
+    band_ssim,
+    chip_places,
+    collect_chips,
+    distribution_metrics,
+    scan,
+)
 from demgen.io.jsonio import write_json
 from demgen.io.raster import default_band_names, open_raster, write_text_atomic
-from demgen.metrics.image import image_metrics
 
 __all__ = [  # the report's functions are importable from here too
     "evaluate_image", "evaluate_image_to_folder", "image_figure", "is_image_raster",
@@ -53,8 +72,6 @@ __all__ = [  # the report's functions are importable from here too
 ]  # fmt: skip
 
 KINDS = ("auto", "dem", "image")
-FD_CHIP = 64  # side of the chips of the distribution metrics (px)
-FD_MAX_CHIPS = 4096  # at most this many chips, evenly spread over the valid ones
 SCALED_MAX = 20000  # integer reflectance x 10000 up to 2.0 (S2's offset, bright clouds)
 FLOAT_MAX = 2.0  # float reflectance 0..1, up to 2.0
 TTA_SUFFIX = "_tta_std"
@@ -204,10 +221,33 @@ class ImagePair:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read(path: str | Path, info: RasterInfo, bands: list[int], grid: RefGrid):
+def _on_grid(path: str | Path, info: RasterInfo, grid: RefGrid) -> OnGrid:
     zero = 0 if info.dtype == np.uint16 and info.nodata is None else None
-    with OnGrid(path, grid, implicit_nodata=zero) as g:
-        return g.read_bands(bands), g.resampling
+    return OnGrid(path, grid, implicit_nodata=zero)
+
+
+def _data_range(prediction, reference, pinfo, rinfo, data_range, pred_max, ref_max):
+    """(L, rule): ``data_range`` when given, else the one both files' units agree on."""
+    if data_range is not None:
+        if not (isinstance(data_range, (int, float)) and 0 < data_range < math.inf):
+            raise InputError(f"data range must be a positive number, got {data_range!r}")
+        return float(data_range), "given (--data-range)"
+    L, how = data_range_of(rinfo.dtype, rinfo.tags, ref_max)
+    Lp, how_p = data_range_of(pinfo.dtype, pinfo.tags, pred_max)
+    if Lp != L:
+        raise InputError(
+            f"{prediction} holds {how_p} (range {Lp:g}) but {reference} {how} (range "
+            f"{L:g}): convert one to the other's unit, or pass --data-range"
+        )
+    return L, how
+
+
+def _alpha_warnings(*infos: RasterInfo) -> list[str]:
+    return list(dict.fromkeys(
+        f"{info.path}: band {', '.join(map(str, info.alpha))} is an alpha band (GDAL colour "
+        "interpretation): used as a mask, not compared"
+        for info in infos if info.alpha
+    ))  # fmt: skip
 
 
 def load_image_pair(
@@ -217,13 +257,16 @@ def load_image_pair(
     mask: str | Path | None = None,
     data_range: float | None = None,
 ) -> ImagePair:
-    """Both images whole on the reference grid, bands matched, and the data range."""
+    """Both images *whole* on the reference grid, bands matched, and the data range (for
+    notebooks and small images: :func:`evaluate_image` reads in strips instead)."""
     pinfo, rinfo = raster_info(prediction), raster_info(reference)
     names, pb, rb, rule = match_bands(pinfo, rinfo)
     grid = _reference_grid(reference)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-        ref, _ = _read(reference, rinfo, rb, grid)
-        pred, resampling = _read(prediction, pinfo, pb, grid)
+        with _on_grid(reference, rinfo, grid) as g:
+            ref = g.read_bands(rb)
+        with _on_grid(prediction, pinfo, grid) as g:
+            pred, resampling = g.read_bands(pb), g.resampling
         ok = np.isfinite(pred).all(axis=0) & np.isfinite(ref).all(axis=0)
         if mask is not None:
             with OnGrid(mask, grid, categorical=True) as g:
@@ -231,25 +274,9 @@ def load_image_pair(
             ok &= np.isfinite(m) & (m != 0)
     if not ok.any():
         raise InputError(f"{prediction}: no pixel is valid in both it and {reference}")
-    if data_range is not None:
-        if not (isinstance(data_range, (int, float)) and 0 < data_range < math.inf):
-            raise InputError(f"data range must be a positive number, got {data_range!r}")
-        L, how = float(data_range), "given (--data-range)"
-    else:
-        (L, how), (Lp, how_p) = (
-            data_range_of(info.dtype, info.tags, float(np.nanmax(a)))
-            for info, a in ((rinfo, ref), (pinfo, pred))
-        )
-        if Lp != L:
-            raise InputError(
-                f"{prediction} holds {how_p} (range {Lp:g}) but {reference} {how} (range "
-                f"{L:g}): convert one to the other's unit, or pass --data-range"
-            )
-    warnings = list(dict.fromkeys(
-        f"{info.path}: band {', '.join(map(str, info.alpha))} is an alpha band (GDAL colour "
-        "interpretation): used as a mask, not compared"
-        for info in (pinfo, rinfo) if info.alpha
-    ))  # fmt: skip
+    L, how = _data_range(prediction, reference, pinfo, rinfo, data_range,
+                         float(np.nanmax(pred)), float(np.nanmax(ref)))  # fmt: skip
+    warnings = _alpha_warnings(pinfo, rinfo)
     return ImagePair(pred, ref, ok, names, rule, resampling, grid, L, how, warnings)
 
 
@@ -260,79 +287,50 @@ def complete_chips(pair: ImagePair, size: int = FD_CHIP, max_chips: int = FD_MAX
     h, w = pair.valid.shape
     nh, nw = h // size, w // size
     blocks = pair.valid[: nh * size, : nw * size].reshape(nh, size, nw, size).all(axis=(1, 3))
-    places = np.argwhere(blocks) * size
-    if len(places) > max_chips:
-        places = places[np.linspace(0, len(places) - 1, max_chips).round().astype(int)]
-    cut = [(slice(None), slice(r, r + size), slice(c, c + size)) for r, c in places]
+    cut = [(slice(None), slice(r, r + size), slice(c, c + size))
+           for r, c in chip_places(blocks, size, max_chips)]  # fmt: skip
     return [pair.prediction[s] for s in cut], [pair.reference[s] for s in cut]
 
 
-def distribution_metrics(pred_chips, ref_chips, *, data_range, feature_net=None, chip=FD_CHIP):
-    """``fd_demgen_rand`` (None with ``fd_note`` under 2 chips) and, with ``feature_net``
-    (a TorchScript file), ``fid_torchscript``, ``kid_torchscript`` and, when the net
-    returns a list of feature maps, ``lpips_torchscript``."""
-    n = len(ref_chips)
-    out: dict[str, Any] = {"fd_chip": chip, "fd_chips": n, "fd_demgen_rand": None}
-    if feature_net is not None:
-        out |= dict.fromkeys(("fid_torchscript", "kid_torchscript", "lpips_torchscript"))
-        out["feature_net"] = str(feature_net)
-    if n < 2:
-        out["fd_note"] = (
-            f"{n} complete valid chip(s) of {chip} px: the distribution metrics need 2 or "
-            "more (a smaller --fd-chip gives more)"
-        )
-        return out
-    import torch
-
-    from demgen.metrics import perceptual as pm
-
-    kw = {"data_range": data_range}
-    out["fd_demgen_rand"] = pm.frechet_distance_demgen_random_features(pred_chips, ref_chips, **kw)
-    if feature_net is None:
-        return out
-    try:
-        net = pm.load_feature_net(feature_net)
-        with torch.no_grad():
-            probe = net(torch.from_numpy((ref_chips[0][None] / data_range).astype(np.float32)))
-        out["fid_torchscript"] = pm.fid_torchscript(pred_chips, ref_chips, feature_net, **kw)
-        out["kid_torchscript"] = pm.kid_torchscript(pred_chips, ref_chips, feature_net, **kw)
-        if isinstance(probe, (list, tuple)) and all(t.dim() == 4 for t in probe):
-            out["lpips_torchscript"] = pm.lpips_torchscript(
-                pred_chips, ref_chips, feature_net, **kw
-            )
-        else:
-            out["lpips_note"] = "LPIPS needs a net that returns a list of feature maps"
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(
-            f"{feature_net}: not a feature net for {ref_chips[0].shape[0]}-band chips of "
-            f"{chip} px ({first_line(exc)})"
-        ) from exc
-    return out
-
-
-def _evaluate(prediction, reference, mask, data_range, feature_net, fd_chip):
+def _evaluate(prediction, reference, mask, data_range, feature_net, fd_chip, window_rows):
     if not (isinstance(fd_chip, int) and fd_chip >= 8):
         raise InputError(f"the chip side must be a whole number >= 8 px, got {fd_chip!r}")
-    pair = load_image_pair(prediction, reference, mask=mask, data_range=data_range)
-    L = pair.data_range
+    if not (isinstance(window_rows, int) and window_rows >= 1):
+        raise InputError(f"window rows must be a whole number >= 1, got {window_rows!r}")
+    pinfo, rinfo = raster_info(prediction), raster_info(reference)
+    names, pb, rb, rule = match_bands(pinfo, rinfo)
+    if data_range is not None:  # a bad one is refused before any pass
+        _data_range(prediction, reference, pinfo, rinfo, data_range, math.nan, math.nan)
+    grid = _reference_grid(reference)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), contextlib.ExitStack() as stack:
+        ref = stack.enter_context(_on_grid(reference, rinfo, grid))
+        pred = stack.enter_context(_on_grid(prediction, pinfo, grid))
+        m_grid = None if mask is None else stack.enter_context(
+            OnGrid(mask, grid, categorical=True))  # fmt: skip
+        readers = ImageReaders(grid, pred, ref, pb, rb, m_grid)
+        s = scan(readers, rows=window_rows, chip=fd_chip, figure_side=FIGURE_SIDE)
+        if s.n == 0:
+            raise InputError(f"{prediction}: no pixel is valid in both it and {reference}")
+        L, how = _data_range(prediction, reference, pinfo, rinfo, data_range,
+                             s.pred_max, s.ref_max)  # fmt: skip
+        scores = [band_ssim(readers, s, b, L, rows=window_rows) for b in range(len(names))]
+        pc, rc = collect_chips(readers, chip_places(s.chips, fd_chip, FD_MAX_CHIPS), fd_chip)
     m: dict[str, Any] = {"kind": "image"}
-    m |= image_metrics(pair.prediction, pair.reference, pair.valid, data_range=L,
-                       band_names=pair.bands)  # fmt: skip
+    m |= assemble_metrics(s, [a for a, _ in scores], [b for _, b in scores], L, names)
     m["n_pixels"] = m["valid_px"]
     m |= {
-        "data_range_rule": pair.data_range_rule,
-        "bands": pair.bands,
-        "band_matching": pair.band_matching,
-        "pixel_size_m": list(pair.grid.pixel_size_m),
-        "shape": list(pair.grid.shape),
+        "data_range_rule": how,
+        "bands": names,
+        "band_matching": rule,
+        "pixel_size_m": list(grid.pixel_size_m),
+        "shape": list(grid.shape),
         "prediction": str(prediction),
         "reference": str(reference),
-        "prediction_resampling": pair.resampling,
+        "prediction_resampling": pred.resampling,
     }
-    pc, rc = complete_chips(pair, fd_chip)
     m |= distribution_metrics(pc, rc, data_range=L, feature_net=feature_net, chip=fd_chip)
-    m["warnings"] = pair.warnings
-    return m, pair
+    m["warnings"] = _alpha_warnings(pinfo, rinfo)
+    return m, s.image_view(names, L)
 
 
 def evaluate_image(
@@ -343,9 +341,12 @@ def evaluate_image(
     data_range: float | None = None,
     feature_net: str | Path | None = None,
     fd_chip: int = FD_CHIP,
+    window_rows: int = WINDOW_ROWS,
 ) -> dict[str, Any]:
-    """Every image metric of ``prediction`` against ``reference`` (see module docstring)."""
-    return _evaluate(prediction, reference, mask, data_range, feature_net, fd_chip)[0]
+    """Every image metric of ``prediction`` against ``reference`` (see module docstring),
+    both read ``window_rows`` rows at a time (memory, not the result)."""
+    args = (mask, data_range, feature_net, fd_chip, window_rows)
+    return _evaluate(prediction, reference, *args)[0]
 
 
 def evaluate_image_to_folder(
@@ -357,15 +358,17 @@ def evaluate_image_to_folder(
     data_range: float | None = None,
     feature_net: str | Path | None = None,
     fd_chip: int = FD_CHIP,
+    window_rows: int = WINDOW_ROWS,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` (strict JSON), ``report.md`` and ``figure.png``
     into ``out_dir``, each atomically (refused when ``out_dir`` holds anything and
     ``overwrite`` is false)."""
     out_dir = check_out_dir(out_dir, overwrite)
-    m, pair = _evaluate(prediction, reference, mask, data_range, feature_net, fd_chip)
+    args = (mask, data_range, feature_net, fd_chip, window_rows)
+    m, view = _evaluate(prediction, reference, *args)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", m)
     write_text_atomic(out_dir / "report.md", render_image_markdown(m))
-    image_figure(out_dir / "figure.png", pair, title=f"{Path(prediction).name}: {summary(m)}")
+    image_figure(out_dir / "figure.png", view, title=f"{Path(prediction).name}: {summary(m)}")
     return m

@@ -67,13 +67,16 @@ def _rgb_index(bands: list[str]) -> list[int]:
 def image_figure(path: str | Path, pair: Any, *, title: str = "") -> Path:
     """Prediction and reference as colour composites (one 2-98 % stretch, the
     reference's), the mean |error| over bands and the spectral angle, per pixel, of an
-    :class:`demgen.evaluation_image.ImagePair`."""
+    :class:`demgen.evaluation_image_windows.ImageView` (every k-th pixel, gathered while
+    the images are read in strips) or a whole :class:`demgen.evaluation_image.ImagePair`
+    (shown every k-th pixel): anything with ``prediction``, ``reference``, ``valid``,
+    ``bands`` and ``data_range``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = max(1, math.ceil(max(pair.grid.shape) / FIGURE_SIDE))
+    k = max(1, math.ceil(max(pair.valid.shape) / FIGURE_SIDE))  # 1 for an ImageView
     ok = pair.valid[::k, ::k]
     p = np.where(ok, pair.prediction[:, ::k, ::k], np.nan)
     r = np.where(ok, pair.reference[:, ::k, ::k], np.nan)

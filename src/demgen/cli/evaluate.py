@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "reflectance 0..1: 1; uint8: 255; or --data-range), and fd_demgen_rand (a "
             "Frechet distance on demgen's fixed random-feature net, not Inception FID) over "
             "complete valid --fd-chip chips; with --feature-net also FID, KID and LPIPS. "
-            "Images are read whole (no strips)."
+            "Images are read in strips too (--window-rows), with the same numbers."
         ),
     )
     p.add_argument("prediction", type=Path, help="predicted DEM (metres) or image")
@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--window-rows",
         type=positive_int,
         default=None,
-        help="rows read at a time (default 256): memory per strip, not the result",
+        help="rows read at a time, DEMs and images (default 256): memory per strip, not the result",
     )
     p.set_defaults(func=run)
 
