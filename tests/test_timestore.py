@@ -101,3 +101,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path, series):
     assert not (tmp_path / "s").exists()
     with pytest.raises(InputError, match="not a demgen time store"):
         TimeStore(tmp_path)
+
+
+def test_prepare_series_cli_builds_a_time_store(tmp_path, series, capsys):
+    from demgen.cli import main
+
+    places, _ = series
+    out = tmp_path / "ts"
+    args = ["prepare", "--series", *map(str, places), "--chip-size", "32", "--block", "1",
+            "--buffer", "0", "--split", "0.5,0.25,0.25", "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "18 locations" in capsys.readouterr().out
+    assert TimeStore(out).manifest["chip_size"] == 32
+    assert main(args) == 2  # exists: refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0

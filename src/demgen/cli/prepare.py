@@ -133,6 +133,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Sat2DEM-style georeferenced tiles: a folder of image GeoTIFFs and one of DEM "
         "GeoTIFFs paired by their _<n>.tif index (instead of --image/--dem)",
     )
+    src.add_argument(
+        "--series",
+        nargs="+",
+        type=Path,
+        metavar="PLACE",
+        help="time-series folders (times.json, tNN/image.tif, buildings.tif, clouds.tif: "
+        "demgen synth --times, the SpaceNet 7 or Sentinel-2 series importers) into a time "
+        "store of dated chips for temporal synthesis (uses --chip-size, --split, --block, "
+        "--buffer, --seed, --max-invalid)",
+    )
     src.add_argument("--npz-keys", type=_csv, metavar="IMG,DEM", help="array names in --npz")
     src.add_argument("--bands", type=_csv, metavar="B4,B3,B2", help="bands by name or index")
     src.add_argument(
@@ -230,6 +240,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _series(args: argparse.Namespace) -> int:
+    """``--series``: time-series folders -> a time store (:mod:`demgen.data.timestore`)."""
+    from demgen.data.timestore import TimeStore, build_time_store
+    from demgen.errors import InputError
+
+    if args.image or args.dem or args.npz or args.tiles or args.extra:
+        raise InputError("give --series alone (not with --image, --dem, --npz, --tiles, --extra)")
+    if isinstance(args.split, str):
+        raise InputError("--series takes --split as three fractions, e.g. 0.7,0.15,0.15")
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise InputError(f"{args.out} exists and is not empty (pass --overwrite to replace it)")
+    t0 = time.time()
+    out = build_time_store(args.series, args.out, chip_size=args.chip_size,
+                           fractions=tuple(args.split), block=args.block, buffer=args.buffer,
+                           seed=args.seed, max_invalid=args.max_invalid)  # fmt: skip
+    m = TimeStore(out).manifest
+    splits = ", ".join(f"{k} {len(v)}" for k, v in m["splits"].items())
+    print(f"{len(m['places'])} places, {len(m['locations'])} locations ({splits}), "
+          f"{len(m['frames']['t'])} dated chips, {len(m['pairs'])} pairs")  # fmt: skip
+    print(f"wrote {out} in {time.time() - t0:.1f} s")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from demgen.data.chips import ChipStore, summary
     from demgen.data.prepare import (
@@ -243,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
     published = args.split if isinstance(args.split, str) else None
     if published and not args.splits:
         raise InputError(f"--split {published} names a published split: give --splits FILE")
+    if args.series:
+        return _series(args)
     if args.splits and not args.tiles:
         raise InputError("--splits goes with --tiles SAT_DIR DEM_DIR")
     if args.tiles and (args.npz or args.image or args.dem or args.extra):
@@ -252,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     if args.npz and args.extra:
         raise InputError("--extra needs --image and --dem (not --npz)")
     if not args.npz and not args.tiles and not (args.image and args.dem):
-        raise InputError("prepare needs --image and --dem (or --npz, or --tiles)")
+        raise InputError("prepare needs --image and --dem (or --npz, --tiles or --series)")
     cfg = PrepareConfig(
         chip_size=args.chip_size,
         stride=args.stride,
