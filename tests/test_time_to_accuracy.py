@@ -1,0 +1,97 @@
+"""benchmarks/time_to_accuracy.py end to end on a tiny world (2 scenes of 256 px, held-out
+scenes of 3 reliefs) with budgets of about a second: every recipe kind trains (the demo
+U-Net, the time-cosine schedule, the pix2pix GAN), is scored on the held-out store, lands in
+the JSON and the plot, and a second call resumes instead of training again. The schedule and
+the summary are also checked on their own."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def tta():
+    # registered under its name: the runs' configs name its callbacks by class path
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["time_to_accuracy"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("time_to_accuracy", None)
+
+
+def test_time_cosine_schedule_warms_up_then_anneals(tta):
+    cb = tta.TimeCosineLR(seconds=100, warmup=0.1, floor=0.01, warmup_start=0.1)
+    assert cb.scale(0.0) == pytest.approx(0.1)
+    assert cb.scale(0.1) == pytest.approx(1.0)
+    assert cb.scale(0.55) == pytest.approx(0.505)
+    assert cb.scale(1.0) == pytest.approx(0.01) and cb.scale(2.0) == pytest.approx(0.01)
+    values = [cb.scale(f / 100) for f in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def _entry(mae: float) -> dict:
+    return {"epochs": 1, "held_out": dict.fromkeys(("mae_m", "rmse_m", "nmad_m",
+                                                    "slope_rmse_deg"), mae)}  # fmt: skip
+
+
+def test_summary_ratio_and_time_to_accuracy(tta):
+    res = {"runs": {
+        "sat2dem_pix2pix": {"2": _entry(40.0), "5": _entry(30.0), "30": _entry(20.0)},
+        "demgen_default": {"2": _entry(8.0), "5": _entry(6.0), "30": _entry(4.0)},
+    }}  # fmt: skip
+    s = tta.summarize(res)
+    assert s["ratio_pix2pix_over_default_mae"] == {"2": 5.0, "5": 5.0, "30": 5.0}
+    assert s["quarter_at_every_budget"] is True
+    t = s["time_to_accuracy"]
+    assert t["demgen_default_first_budget_min"] == 2.0 and t["speedup"] == 15.0
+    assert t["target_10x_met"] is True
+    res["runs"]["demgen_default"]["2"] = _entry(25.0)
+    s = tta.summarize(res)
+    assert s["time_to_accuracy"]["demgen_default_first_budget_min"] == 5.0
+    assert s["time_to_accuracy"]["target_10x_met"] is False
+    assert s["quarter_at_every_budget"] is False
+    assert "| demgen_default | 5 |" in tta.table(res)
+
+
+def test_tiny_run_writes_json_and_plot_and_resumes(tta, tmp_path, one_thread, capsys):
+    out, png = tmp_path / "tta.json", tmp_path / "tta.png"
+    argv = ["--budgets", "0.01", "--scenes", "2", "--size", "256", "--recipes",
+            "demgen_default,demgen_best,sat2dem_pix2pix", "--work", str(tmp_path / "work"),
+            "--out", str(out), "--plot", str(png)]  # fmt: skip
+    res = tta.main(argv)
+    assert png.is_file() and png.stat().st_size > 0
+    stored = json.loads(out.read_text())
+    assert set(stored["runs"]) == {"demgen_default", "demgen_best", "sat2dem_pix2pix"}
+    for name, runs in stored["runs"].items():
+        e = runs["0.01"]
+        assert e["epochs"] >= 1 and e["train_batches"] >= 1, name
+        h = e["held_out"]
+        assert all(h[k] is not None and h[k] >= 0 for k in
+                   ("mae_m", "rmse_m", "nmad_m", "slope_rmse_deg")), name  # fmt: skip
+        assert e["settings"]["seed"] == 1
+    assert set(stored["baselines"]) == {"training_mean", "linear_bands"}
+    w = stored["world"]
+    assert (
+        w["stores"]["chip128"]["train_scene_seeds"] == w["stores"]["chip256"]["train_scene_seeds"]
+    )
+    assert w["held_out"]["chips"] == 3  # one 256-px chip per held-out relief
+    assert "amx_bf16" in stored["machine"] and stored["machine"]["precision_auto"]
+    assert "0.01" in stored["summary"]["ratio_pix2pix_over_default_mae"]
+    # the time-cosine recipe got its callback, the others only the passive counter
+    best_cfg = (tmp_path / "work" / "configs" / "demgen_best_0.01min.yaml").read_text()
+    assert "TimeCosineLR" in best_cfg
+    assert "TimeCosineLR" not in (tmp_path / "work" / "configs" /
+                                  "demgen_default_0.01min.yaml").read_text()  # fmt: skip
+    # resumed: nothing trains again
+    capsys.readouterr()
+    again = tta.main(argv)
+    assert capsys.readouterr().out.count("skipped") == 3
+    assert again["runs"] == res["runs"]
