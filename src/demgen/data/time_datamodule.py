@@ -133,6 +133,7 @@ def build_synth_time_store(
             ts = TimeSeriesConfig(
                 times=s["times"], months_between=s["months_between"],
                 cloud_cover=s["cloud_cover"], urban_rate=s["urban_rate"],
+                road_rate=s.get("road_rate", 0.01),
             )  # fmt: skip
             places = generate_time_series_world(tmp / "series", s["n_scenes"], scene, ts)
             if log:
@@ -155,7 +156,7 @@ class SynthTimeSeriesDataModule(TimeDataModule):
     Args:
         cache_dir: folder of cached stores (one per distinct setting).
         n_scenes, size, relief, pixel_size, seed: the scenes (seeds ``seed + i``).
-        times, months_between, cloud_cover, urban_rate: the time axis
+        times, months_between, cloud_cover, urban_rate, road_rate: the time axis
             (:class:`~demgen.data.synth.timeseries.TimeSeriesConfig`).
         chip_size, block, fractions: the store (spatially blocked split of locations).
         mode, batch_size, num_workers, augment: as :class:`TimeDataModule`.
@@ -164,14 +165,16 @@ class SynthTimeSeriesDataModule(TimeDataModule):
     def __init__(self, cache_dir: str = "runs/cache", n_scenes: int = 6, size: int = 256,
                  relief: str = "hills", pixel_size: float = 10.0, seed: int = 1,
                  times: int = 8, months_between: int = 3, cloud_cover: float = 0.2,
-                 urban_rate: float = 0.05, chip_size: int = 64, block: int = 2,
+                 urban_rate: float = 0.05, road_rate: float = 0.01, chip_size: int = 64,
+                 block: int = 2,
                  fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
                  mode: Literal["pairs", "frames"] = "pairs", batch_size: int = 8,
                  num_workers: int = 0, augment: bool = True) -> None:  # fmt: skip
         settings = {
             "n_scenes": n_scenes, "size": size, "relief": relief, "pixel_size": pixel_size,
             "seed": seed, "times": times, "months_between": months_between,
-            "cloud_cover": cloud_cover, "urban_rate": urban_rate, "chip_size": chip_size,
+            "cloud_cover": cloud_cover, "urban_rate": urban_rate, "road_rate": road_rate,
+            "chip_size": chip_size,
             "block": block, "fractions": list(fractions),
         }  # fmt: skip
         store = build_synth_time_store(cache_dir, settings, log=_log)
