@@ -57,6 +57,14 @@ def _hms(minutes: float) -> str:
     return f"00:{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def previous_seconds(out: Path, name: str) -> float | None:
+    """The training seconds an earlier result recorded for ``name`` (a reused run)."""
+    try:
+        return float(json.loads(out.read_text())["training"][name]["seconds"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
 def epochs(ckpt: Path) -> int:
     """Epochs a run trained (its last checkpoint's epoch counter)."""
     import torch
@@ -65,8 +73,16 @@ def epochs(ckpt: Path) -> int:
     return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
 
 
+REUSE: set[str] = set()  # --reuse NAME: that run's newest best.ckpt stands for its training
+
+
 def train(config: str, name: str, work: Path, minutes: float) -> Path:
-    """``demgen fit`` of one recipe for ``minutes``; returns its best checkpoint."""
+    """``demgen fit`` of one recipe for ``minutes``; returns its best checkpoint (with
+    ``--reuse NAME``, the newest existing one of that run name)."""
+    done = sorted((work / "runs" / name).glob("version_*/checkpoints/best.ckpt"))
+    if name in REUSE and done:
+        print(f"[bench] {name}: reusing {done[-1]}", flush=True)
+        return done[-1]
     args = ["--config", str(ROOT / config), "--run_root", str(work / "runs"), "--run_name", name,
             "--data.init_args.cache_dir", str(work / "cache"), "--trainer.max_time",
             _hms(minutes), "--trainer.enable_progress_bar", "false"]  # fmt: skip
@@ -91,14 +107,44 @@ def _pick(m: dict) -> dict:
     return {k: m.get(k) for k in KEYS}
 
 
+def render_table(r: dict) -> str:
+    """The README tables of a result: held-out chips (model and both baselines per recipe)
+    and the consistency check."""
+    titles = {"model": "model", "training_mean_image": "mean training image",
+              "linear_relief": "linear regression on relief"}  # fmt: skip
+    lines = ["| recipe | method | PSNR (dB) | SSIM | SAM (deg) | fd_demgen_rand |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name in RECIPES:
+        for m, title in titles.items():
+            v = r["chips"][name][m]
+            lines.append(f"| {name} | {title} | {v['psnr_db']:.2f} | {v['ssim']:.3f} | "
+                         f"{v['sam_deg']:.2f} | {v['fd_demgen_rand']:.3f} |")  # fmt: skip
+    lines += ["", "| held-out scene | heights from the true image | "
+              + " | ".join(f"from the {n} image" for n in RECIPES) + " |",
+              "| --- | ---: | " + " | ".join("---:" for _ in RECIPES) + " |"]  # fmt: skip
+    for scene, v in r["consistency"].items():
+        cells = " | ".join(f"{v[f'from_{n}_image_mae_m']:.1f} m" for n in RECIPES)
+        lines.append(f"| {scene} | {v['from_true_image_mae_m']:.1f} m | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=6.0, help="training budget per recipe")
+    ap.add_argument("--pix2pix-minutes", type=float, default=None,
+                    help="budget of the GAN recipe (default --minutes)")  # fmt: skip
     ap.add_argument("--demo-minutes", type=float, default=7.0)
     ap.add_argument("--demo-ckpt", type=Path, default=None, help="an image -> DEM checkpoint")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_dem2image")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "dem2image_heldout.json")
+    ap.add_argument("--table", action="store_true", help="only print the tables of --out")
+    ap.add_argument("--reuse", nargs="*", default=[], metavar="NAME",
+                    help="run names whose checkpoint to reuse (dem2image_unet ...)")  # fmt: skip
     args = ap.parse_args()
+    REUSE.update(args.reuse)
+    if args.table:
+        print(render_table(json.loads(args.out.read_text())), end="")
+        return
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     size, seeds = 512, HELD_OUT_SEEDS
@@ -106,8 +152,13 @@ def main() -> None:
     ckpts, train_s = {}, {}
     for name, config in RECIPES.items():
         t0 = time.time()
-        ckpts[name] = train(config, f"dem2image_{name}", work, args.minutes)
-        train_s[name] = {"seconds": round(time.time() - t0, 1), "epochs": epochs(ckpts[name])}
+        minutes = (
+            args.pix2pix_minutes if name == "pix2pix" and args.pix2pix_minutes else args.minutes
+        )
+        ckpts[name] = train(config, f"dem2image_{name}", work, minutes)
+        seconds = previous_seconds(args.out, name) if f"dem2image_{name}" in REUSE else None
+        train_s[name] = {"seconds": seconds or round(time.time() - t0, 1),
+                         "epochs": epochs(ckpts[name]), "minutes": minutes}  # fmt: skip
     demo = args.demo_ckpt or train("configs/demo.yaml", "demo", work, args.demo_minutes)
 
     task0 = load_task(ckpts["unet"])
@@ -127,7 +178,10 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "precision": resolve_precision("auto"),
         },  # fmt: skip
-        "minutes_per_recipe": args.minutes,
+        "minutes_per_recipe": {
+            n: args.pix2pix_minutes if n == "pix2pix" and args.pix2pix_minutes else args.minutes
+            for n in RECIPES
+        },  # fmt: skip
         "training": train_s,
         "note": "wall-clock budgets on a 2-core machine that other jobs may share: compare "
         "the epochs, not only the minutes",
@@ -161,7 +215,9 @@ def main() -> None:
             true_dtm, scene / "dtm.tif")["mae_m"]  # fmt: skip
     result["demo_checkpoint"] = str(demo)
     write_json(args.out, result)
+    args.out.with_suffix(".md").write_text(render_table(result))
     print(json.dumps(result, indent=1, default=str))
+    print(render_table(result))
 
 
 if __name__ == "__main__":

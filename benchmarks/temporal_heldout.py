@@ -147,6 +147,35 @@ def store_of(ckpt: Path) -> str:
     raise SystemExit(f"{ckpt}: no store recorded")
 
 
+def _f(v: object, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def render_table(r: dict) -> str:
+    """The README table: per dataset and generator, the model and both persistence
+    baselines over the whole image and the changed pixels, and the segmenter's F1."""
+    titles = {"model": "model", "persistence": "persistence (day 0)",
+              "persistence_painted": "persistence + new buildings painted"}  # fmt: skip
+    lines = ["| data | generator | method | PSNR whole (dB) | SSIM whole | SAM whole (deg) | "
+             "fd_demgen_rand | PSNR changed (dB) | MAE changed | F1 |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for data in ("synthetic", "romania"):
+        for gen, v in (r.get(data) or {}).items():
+            if not isinstance(v, dict) or "model" not in v:
+                continue
+            for m, title in titles.items():
+                w, c = v[m]["whole"], v[m]["changed"]
+                lines.append(
+                    f"| {data} | {gen} | {title} | {_f(w['psnr_db'], '.2f')} | "
+                    f"{_f(w['ssim'], '.3f')} | {_f(w['sam_deg'], '.2f')} | "
+                    f"{_f(w['fd_demgen_rand'], '.3f')} | {_f(c['psnr_db'], '.2f')} | "
+                    f"{_f(c['mae'], '.4f')} | {_f(v[m]['f1'], '.3f')} |"
+                )  # fmt: skip
+            lines.append(f"| {data} | {gen} | true image at t (segmenter ceiling) | | | | | | | "
+                         f"{_f(v['true_image']['f1'], '.3f')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="training budget per recipe")
@@ -154,7 +183,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "temporal_heldout.json")
     ap.add_argument("--skip-romania", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="reuse the runs' existing checkpoints")
+    ap.add_argument("--table", action="store_true", help="only print the table of --out")
     args = ap.parse_args()
+    if args.table:
+        print(render_table(json.loads(args.out.read_text())), end="")
+        return
     global REUSE
     REUSE = args.reuse
     work = args.work
@@ -204,7 +237,9 @@ def main() -> None:
             "mask is the NDVI change mask (clear-cuts), not buildings"
         )
     write_json(args.out, result)
+    args.out.with_suffix(".md").write_text(render_table(result))
     print(json.dumps(result, indent=1, default=str))
+    print(render_table(result))
 
 
 if __name__ == "__main__":
