@@ -151,11 +151,15 @@ def reflectance_scale(task: Any) -> float:
     return float(scale)
 
 
-def _fd(preds: list[np.ndarray], refs: list[np.ndarray], full: list[int]) -> tuple[Any, Any]:
+def chip_fd(
+    preds: list[np.ndarray], refs: list[np.ndarray], full: list[int], what: str = "chips"
+) -> tuple[Any, Any]:
+    """(``fd_demgen_rand`` of the predicted against the true chips ``full`` at data range 1,
+    a note or None): None with a note when fewer than 2 chips are valid everywhere."""
     from demgen.metrics.perceptual import frechet_distance_demgen_random_features as fd
 
     if len(full) < 2:
-        return None, f"needs at least 2 chips valid everywhere; the split has {len(full)}"
+        return None, f"needs at least 2 {what} valid everywhere; the split has {len(full)}"
     return fd([preds[i] for i in full], [refs[i] for i in full], data_range=1.0), None
 
 
@@ -246,7 +250,7 @@ def score_image_checkpoint(
     }
     for name in IMAGE_METHODS:
         m = image_metrics(mosaic(preds[name]), ref_all, data_range=1.0, band_names=bands)
-        m["fd_demgen_rand"], note = _fd(preds[name], refs, full)
+        m["fd_demgen_rand"], note = chip_fd(preds[name], refs, full)
         if note:
             m["fd_demgen_rand_note"] = note
         result["methods"][name] = m

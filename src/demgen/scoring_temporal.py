@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from demgen.data.timestore import TIME_STORE_FORMAT, TimeStore
 from demgen.errors import InputError
-from demgen.scoring_image import mosaic
+from demgen.scoring_image import chip_fd, mosaic
 from demgen.scoring_temporal_report import (
     MASK_KEYS,
     TEMPORAL_METHODS,
@@ -183,14 +183,6 @@ def store_reflectance_scale(manifest: dict[str, Any]) -> float:
     return 1.0 / v if v > 1.0 else v
 
 
-def _fd(preds: list[np.ndarray], refs: list[np.ndarray], full: list[int]) -> tuple[Any, Any]:
-    from demgen.metrics.perceptual import frechet_distance_demgen_random_features as fd
-
-    if len(full) < 2:
-        return None, f"needs at least 2 pairs usable everywhere; the split has {len(full)}"
-    return fd([preds[i] for i in full], [refs[i] for i in full], data_range=1.0), None
-
-
 def score_temporal_checkpoint(
     task: Any,
     store_path: str | Path,
@@ -316,7 +308,7 @@ def score_temporal_checkpoint(
     for name in TEMPORAL_METHODS:
         pm = mosaic(preds[name])
         whole = image_metrics(pm, ref_all, data_range=1.0, band_names=bands)
-        whole["fd_demgen_rand"], note = _fd(preds[name], refs, full)
+        whole["fd_demgen_rand"], note = chip_fd(preds[name], refs, full, "pairs")
         if note:
             whole["fd_demgen_rand_note"] = note
         part = image_metrics(pm, ref_all, chg, data_range=1.0, band_names=bands)
