@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from demgen.evaluation_grid import fmt_value
-from demgen.io.raster import atomic_path
+from demgen.io.raster import atomic_path, true_colour_indices
 from demgen.metrics.image import _spectral_angles_deg
 
 FIGURE_SIDE = 1024  # the figure shows every k-th pixel, k = ceil(longest side / this)
@@ -57,13 +57,6 @@ def render_image_markdown(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rgb_index(bands: list[str]) -> list[int]:
-    """B4, B3, B2 when present, else the first three bands (band 1 grey under three)."""
-    if all(b in bands for b in ("B4", "B3", "B2")):
-        return [bands.index(b) for b in ("B4", "B3", "B2")]
-    return [0, 1, 2] if len(bands) >= 3 else [0, 0, 0]
-
-
 def image_figure(path: str | Path, pair: Any, *, title: str = "") -> Path:
     """Prediction and reference as colour composites (one 2-98 % stretch, the
     reference's), the mean |error| over bands and the spectral angle, per pixel, of an
@@ -80,7 +73,7 @@ def image_figure(path: str | Path, pair: Any, *, title: str = "") -> Path:
     ok = pair.valid[::k, ::k]
     p = np.where(ok, pair.prediction[:, ::k, ::k], np.nan)
     r = np.where(ok, pair.reference[:, ::k, ::k], np.nan)
-    idx = _rgb_index(pair.bands)
+    idx = true_colour_indices(pair.bands)
     lo, hi = np.nanpercentile(r[idx], (2, 98))
     rgb = [np.clip((np.moveaxis(a[idx], 0, -1) - lo) / max(hi - lo, 1e-12), 0, 1) for a in (p, r)]
     mae = np.abs(p - r).mean(axis=0)  # NaN off the valid pixels

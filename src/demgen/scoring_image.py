@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from demgen.errors import InputError
+from demgen.io.raster import true_colour_indices
 
 #: Methods scored, in report order, and their titles.
 IMAGE_METHODS = ("model", "training_mean_image", "linear_relief")
@@ -259,13 +260,6 @@ def score_image_checkpoint(
     return result
 
 
-def _true_colour(bands: list[str]) -> list[int]:
-    rgb = ("B4", "B3", "B2")
-    if all(b in bands for b in rgb):
-        return [bands.index(b) for b in rgb]
-    return [0, 1, 2] if len(bands) >= 3 else [0] * 3
-
-
 def _figure(path, preds, refs, l1: list[float], bands: list[str], r: dict[str, Any]) -> None:
     """The chip whose model L1 is the median of the split's: a typical chip, not the best.
     Prediction and truth in true colour under the truth's 2-98 % stretch, and the per-pixel
@@ -277,7 +271,7 @@ def _figure(path, preds, refs, l1: list[float], bands: list[str], r: dict[str, A
 
     finite = [i for i, v in enumerate(l1) if math.isfinite(v)]
     k = sorted(finite, key=lambda i: l1[i])[len(finite) // 2] if finite else 0
-    sel = _true_colour(bands)
+    sel = true_colour_indices(bands)
     truth, pred = refs[k][sel], preds[k][sel]
     lo, hi = (np.nanpercentile(truth, q) for q in (2, 98)) if np.isfinite(truth).any() else (0, 1)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from demgen.io.raster import true_colour_indices
+
 #: Methods scored, in report order, and their titles.
 TEMPORAL_METHODS = ("model", "persistence", "persistence_painted")
 TEMPORAL_TITLES = {"model": "model", "persistence": "persistence (day-0 image)",
@@ -31,9 +33,7 @@ def temporal_figure(path, preds, refs, masks_t, l1: list[float], bands: list[str
 
     finite = [i for i, v in enumerate(l1) if math.isfinite(v)]
     k = sorted(finite, key=lambda i: l1[i])[len(finite) // 2] if finite else 0
-    rgb_b = ("B4", "B3", "B2")
-    sel = ([bands.index(b) for b in rgb_b] if all(b in bands for b in rgb_b)
-           else [0, 1, 2] if len(bands) >= 3 else [0] * 3)  # fmt: skip
+    sel = true_colour_indices(bands)
     truth = refs[k][sel]
     lo, hi = (np.nanpercentile(truth, q) for q in (2, 98)) if np.isfinite(truth).any() else (0, 1)
 

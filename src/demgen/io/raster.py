@@ -43,6 +43,18 @@ def band_names(ds: Any) -> list[str]:
     return [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
 
 
+#: The true-colour bands (red, green, blue) of Sentinel-2 and demgen's synthetic images.
+TRUE_COLOUR = ("B4", "B3", "B2")
+
+
+def true_colour_indices(bands: Sequence[str]) -> list[int]:
+    """0-based (red, green, blue) band indices for a colour composite: B4, B3, B2 by name
+    when all are present, else the first three bands, else band 1 three times (grey)."""
+    if all(b in bands for b in TRUE_COLOUR):
+        return [list(bands).index(b) for b in TRUE_COLOUR]
+    return [0, 1, 2] if len(bands) >= 3 else [0, 0, 0]
+
+
 def default_band_names(count: int) -> list[str]:
     """Names for ``count`` undescribed bands: red, green, blue for three, else band1 ..."""
     return ["red", "green", "blue"] if count == 3 else [f"band{i + 1}" for i in range(count)]
