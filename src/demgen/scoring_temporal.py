@@ -176,11 +176,10 @@ def roof_colour(store_path: str | Path, bands: list[str]) -> dict[str, Any]:
 
 
 def store_reflectance_scale(manifest: dict[str, Any]) -> float:
-    """Stored value -> reflectance factor of a time store (``build_time_store`` records the
-    multiplier, 1e-4 for uint16 x 10000; a value above 1 is read as a divisor, for any
-    manifest that kept a series' ``reflectance_scale=10000``)."""
-    v = float(manifest.get("reflectance_scale") or 1.0)
-    return 1.0 / v if v > 1.0 else v
+    """Stored value -> reflectance factor of a time store: the multiplier
+    ``build_time_store`` records (1e-4 for uint16 x 10000;
+    :func:`demgen.data.timelayout.reflectance_multiplier`)."""
+    return float(manifest.get("reflectance_scale") or 1.0)
 
 
 def score_temporal_checkpoint(
@@ -276,7 +275,6 @@ def score_temporal_checkpoint(
         "unit": "reflectance",
         "bands": bands,
         "reflectance_scale": scale,
-        "reflectance_scale_manifest": store.manifest.get("reflectance_scale"),
         "data_range": 1.0,
         "mask_kind": store.manifest.get("mask_kind"),
         "valid_pixels": int(sum(int(v.sum()) for v in valids)),

@@ -109,6 +109,19 @@ def times_document(
     return doc
 
 
+def reflectance_multiplier(doc: dict[str, Any]) -> float | None:
+    """Stored value -> reflectance factor of a times.json, or None when it records none.
+
+    Writers record ``reflectance_scale`` either as the divisor (the synthetic series:
+    10000, stored = reflectance x 10000) or as the multiplier (a Sentinel-2 series: 1e-4);
+    no stored unit is smaller than its reflectance, so a value above 1 is the divisor."""
+    v = doc.get("reflectance_scale")
+    if not v:
+        return None
+    v = float(v)
+    return 1.0 / v if v > 1.0 else v
+
+
 def read_times(place: str | Path) -> dict[str, Any]:
     """Read and check PLACE/times.json (format tag, one frame folder per date)."""
     path = Path(place) / TIMES_FILE

@@ -39,7 +39,7 @@ import numpy as np
 from demgen.data.chip_writer import _NpyAppender
 from demgen.data.normalize import PercentileImageNorm, default_reflectance_scale, norm_from_dict
 from demgen.data.splits import ChipPlace, blocked_split
-from demgen.data.timelayout import read_times
+from demgen.data.timelayout import read_times, reflectance_multiplier
 from demgen.errors import InputError
 from demgen.io.geodesy import mean_pixel_size_m, pixel_size_m
 from demgen.io.jsonio import write_json
@@ -143,9 +143,7 @@ def _write(places, docs, tmp: Path, chip: int, bands: list[str]) -> dict[str, An
                            "mask_kind": doc.get("mask_kind", "buildings")})  # fmt: skip
     for a in appenders.values():
         a.close()
-    scale = docs[0].get("reflectance_scale") or default_reflectance_scale(dtype)
-    if scale > 1:  # a divisor (stored = reflectance x 10000): the store keeps the multiplier
-        scale = 1.0 / scale
+    scale = reflectance_multiplier(docs[0]) or default_reflectance_scale(dtype)
     return {
         "format": TIME_STORE_FORMAT,
         "bands": bands,
