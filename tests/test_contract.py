@@ -33,7 +33,9 @@ EXTRAS = ("initial_dsm", "ortho2", "triangulation_error")
 TINY_G = {"base": 8, "depth": 5, "dropout": 0.0}  # the pix2pix U-Net at 32 px
 TINY_D = {"base": 8, "n_layers": 2}
 #: Tasks that train on a time store (demgen.data.time_datamodule), not on a chip store.
-TIME_TASKS = ("segment", "temporal")
+TIME_TASKS = ("segment", "temporal", "temporal_diffusion")
+#: The denoiser of the diffusion tasks, tiny; two DDIM steps a sample.
+TINY_DIFFUSION = {"base_channels": 8, "channel_mults": [1, 2], "sample_steps": 2, "val_steps": 1}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,7 +105,9 @@ def _build_time(name: str, time_world) -> tuple[L.LightningModule, L.LightningDa
     common = {"chip_size": CHIP, "pixel_size": dm.pixel_size, "channels_last": False,
               "image_dtype": dm.store.manifest["image_dtype"]}  # fmt: skip
     norm = dm.normalization["image"]
-    if name == "temporal":
+    if name == "temporal_diffusion":
+        task = task_class(name)(norm, None, use_gap=True, diffusion=TINY_DIFFUSION, **common)
+    elif name == "temporal":
         task = task_class(name)(norm, None, generator="attention_unet", use_gap=True,
                                 generator_kwargs={"base": 8, "depth": 2},
                                 discriminator_kwargs=TINY_D, **common)  # fmt: skip
@@ -127,6 +131,9 @@ def _build(name: str, world) -> tuple[L.LightningModule, ChipDataModule]:
                                discriminator_kwargs=TINY_D, **common)  # fmt: skip
     elif name == "dem2image":
         task = task_class(name)(norms["image"], norms["elevation"], base=8, depth=2, **common)
+    elif name in ("image2dem_diffusion", "dem2image_diffusion"):
+        task = task_class(name)(norms["image"], norms["elevation"], diffusion=TINY_DIFFUSION,
+                                **common)  # fmt: skip
     elif name == "dem2image_pix2pix":
         task = task_class(name)(norms["image"], norms["elevation"], generator_kwargs=TINY_G,
                                discriminator_kwargs=TINY_D, **common)  # fmt: skip
@@ -210,6 +217,12 @@ def test_task_contract(name, request, tmp_path):
             values = ds.read(1)
         assert np.isfinite(values).all() and (values != nodata).mean() > 0.5
 
+    if spec.diffusion:  # sampled by iteration: no one-pass graph to export, said in one line
+        from demgen.errors import InputError
+
+        with pytest.raises(InputError, match="diffusion"):
+            export_model(loaded, tmp_path / f"{name}.pt", "torchscript")
+        return
     # export, and the exported graph against the checkpoint on the same normalized input
     pt = export_model(loaded, tmp_path / f"{name}.pt", "torchscript")
     meta = json.loads(pt.with_name(pt.name + ".json").read_text())

@@ -23,6 +23,9 @@ TASKS: dict[str, str] = {
     "dem2image_pix2pix": "demgen.tasks.dem2image_gan:Dem2ImagePix2PixTask",
     "temporal": "demgen.tasks.temporal:TemporalTask",
     "segment": "demgen.tasks.segment:SegmentTask",
+    "image2dem_diffusion": "demgen.tasks.diffusion_tasks:Image2DemDiffusionTask",
+    "dem2image_diffusion": "demgen.tasks.diffusion_tasks:Dem2ImageDiffusionTask",
+    "temporal_diffusion": "demgen.tasks.diffusion_tasks:TemporalDiffusionTask",
 }
 
 

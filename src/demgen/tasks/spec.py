@@ -94,6 +94,9 @@ class TaskSpec:
         dihedral: flipping or rotating the inputs flips or rotates the outputs the same way,
             so the 8-fold test-time augmentation is valid; False where the task knows a
             direction (DEM -> image: the sun), and prediction then refuses ``tta``.
+        diffusion: outputs are drawn by iterative denoising: scene prediction samples all
+            windows of a scene together, blending them at every step, from noise seeded by
+            pixel (:mod:`demgen.inference.sampling`); there is no single-pass graph to export.
     """
 
     inputs: tuple[LayerSpec, ...]
@@ -102,6 +105,7 @@ class TaskSpec:
     window: int
     stochastic: bool = False
     dihedral: bool = True
+    diffusion: bool = False
 
     def __post_init__(self) -> None:
         for kind, layers in (("input", self.inputs), ("output", self.outputs)):
@@ -134,6 +138,7 @@ class TaskSpec:
             "window": self.window,
             "stochastic": self.stochastic,
             "dihedral": self.dihedral,
+            "diffusion": self.diffusion,
         }
 
 

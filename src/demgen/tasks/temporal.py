@@ -154,18 +154,7 @@ class TemporalTask(ContractTask):
         self.hparams["reflectance_scale"] = reflectance_scale
         self.image_norm = norm_from_dict(image_norm)
         self.image_fill = image_fill_value(self.image_norm)
-        kwargs = dict(generator_kwargs)
-        if generator == "pix2pix":
-            kwargs.setdefault("final", None)  # linear output (module docstring)
-        self.model = build_model(
-            generator, in_channels=self.in_channels, out_channels=self.n_bands, **kwargs
-        )
-        if residual:  # the network draws the change since day 0 (models/skip.py)
-            self.model = InputSkip(self.model, self.n_bands)
-        self.discriminator = build_model(
-            "patchgan", in_channels=self.in_channels + self.n_bands, **(discriminator_kwargs or {})
-        )
-        self.automatic_optimization = False
+        self._build_generator()
         # the median training gap (days), saved with the weights; NaN until a fit records it
         self.register_buffer("train_gap_days", torch.tensor(float("nan")))
         self._gaps: list[torch.Tensor] = []
@@ -173,6 +162,23 @@ class TemporalTask(ContractTask):
         self.val_changed = ReflectanceMetrics()
         self.val_copy = ReflectanceMetrics()
         self.val_copy_changed = ReflectanceMetrics()
+
+    def _build_generator(self) -> None:
+        """G (residual: plus the day-0 bands) and the PatchGAN D, stepped by hand."""
+        hp = self.hparams
+        kwargs = dict(hp.generator_kwargs)
+        if hp.generator == "pix2pix":
+            kwargs.setdefault("final", None)  # linear output (module docstring)
+        self.model = build_model(
+            hp.generator, in_channels=self.in_channels, out_channels=self.n_bands, **kwargs
+        )
+        if hp.residual:  # the network draws the change since day 0 (models/skip.py)
+            self.model = InputSkip(self.model, self.n_bands)
+        self.discriminator = build_model(
+            "patchgan", in_channels=self.in_channels + self.n_bands,
+            **(hp.discriminator_kwargs or {}),
+        )  # fmt: skip
+        self.automatic_optimization = False
 
     # ---------------------------------------------------------------- shapes and names
     @property
