@@ -85,6 +85,11 @@ def export_metadata(task: Any, fmt: str) -> dict[str, Any]:
 
 def export_model(task: Any, output: str | Path, fmt: str = "torchscript") -> Path:
     """Write the generator as ``output`` (TorchScript ``.pt`` or ``.onnx``) plus ``output.json``."""
+    if task.spec.diffusion:
+        raise InputError(
+            "a diffusion checkpoint has no one-pass graph to export (it samples by iterating "
+            "its denoiser); predict with demgen predict CKPT --samples N"
+        )
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     output = Path(output)

@@ -77,6 +77,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="coarse DEM anchoring relative (global-shift) models per window",
     )
+    g = p.add_argument_group(
+        "diffusion checkpoints",
+        "the whole scene is sampled at once, its windows blended at every denoising step",
+    )
+    g.add_argument("--seed", type=int, default=0,
+                   help="noise seed; the same seed writes the same file (0)")  # fmt: skip
+    g.add_argument("--samples", type=positive_int, default=1,
+                   help="samples to draw: the output is their mean, OUTPUT-stem_std.tif "
+                   "their per-pixel standard deviation (1)")  # fmt: skip
+    g.add_argument("--steps", type=positive_int, default=None,
+                   help="DDIM steps (default: the checkpoint's sample_steps)")  # fmt: skip
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the checkpoint's; 1: "
+                   "plain conditional sampling)")  # fmt: skip
+    g.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="DDIM eta: 0 deterministic, 1 DDPM-like (default: the checkpoint's)",
+    )
+    g.add_argument(
+        "--attribute",
+        dest="attributes",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="what to draw, for checkpoints trained with attributes: a fraction for each "
+        "(snow, vegetation, water), e.g. --attribute snow=0.8; none: unconstrained",
+    )
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
     add_precision_argument(p)
     p.add_argument(
@@ -123,6 +152,23 @@ def parse_layers(items: list[str]) -> dict[str, Path]:
     return layers
 
 
+def parse_attributes(items: list[str]) -> dict[str, float] | None:
+    """``NAME=VALUE`` items as a dict of floats (None for none); each name once."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise DemgenError(f"--attribute expects NAME=VALUE (a number), got {item!r}")
+        if name in out:
+            raise DemgenError(f"--attribute {name} given twice")
+        out[name] = number
+    return out or None
+
+
 def scenes(spec, images: list[Path], layers: dict[str, Path]) -> list[dict[str, Path]]:
     """The named inputs of each scene to predict: one scene of ``layers`` (a positional image
     being the first input), or one scene per image for a one-input checkpoint."""
@@ -165,7 +211,9 @@ def run(args: argparse.Namespace) -> int:
     options = dict(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
                    precision=args.precision, tta=args.tta, reference=args.reference,
                    cog=args.cog, any_resolution=args.any_resolution,
-                   progress=not args.quiet)  # fmt: skip
+                   progress=not args.quiet, seed=args.seed, samples=args.samples,
+                   steps=args.steps, guidance=args.guidance, eta=args.eta,
+                   attributes=parse_attributes(args.attributes))  # fmt: skip
     rank, size, _ = ranks = world()
     folder = len(jobs) > 1 or outputs[0] != args.output
     if not folder and rank == 0 and not args.overwrite:  # one named file: refused, as ever
@@ -175,7 +223,12 @@ def run(args: argparse.Namespace) -> int:
     if not folder and size == 1:  # one scene, one process: its error is the command's
         t0 = time.time()
         predict_scene(task, jobs[0], outputs[0], **options)
-        written = ", ".join(str(p) for p in output_files(spec, outputs[0]).values())
+        files = list(output_files(spec, outputs[0]).values())
+        if spec.diffusion and args.samples > 1:
+            from demgen.inference.sampling import std_file
+
+            files += [std_file(f) for f in files]
+        written = ", ".join(str(p) for p in files)
         print(f"wrote {written} ({time.time() - t0:.1f} s)")
         return 0
     summary = predict_many(

@@ -26,35 +26,26 @@ with the windows already blended where they overlap, and the output is labelled 
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from rasterio.io import DatasetReader
-from rasterio.vrt import WarpedVRT
-from rasterio.warp import Resampling
 from tqdm.auto import tqdm
 
 from demgen.errors import InputError
 from demgen.inference.blend import _Blender, _Reference, blend_weight, window_starts
-from demgen.inference.readers import _SceneReader, band_indices
-from demgen.io.geodesy import VERTICAL_CRS_TAG
-from demgen.io.raster import (
-    NODATA,
-    bounded_gdal_cache,
-    geotiff_profile,
-    open_raster,
-    open_writer,
-    pixel_size_metres,
-    require_crs,
-    write_cog,
+from demgen.inference.inputs import (
+    default_window,
+    inference_copy,
+    open_inputs,
+    output_files,
+    output_meta,
+    resolve_inputs,
 )
-from demgen.models.fusion import fuse_conv_bn
-from demgen.precision import autocast_dtype, default_device, resolve_precision
+from demgen.inference.readers import _SceneReader
+from demgen.inference.sampling import sample_scene
+from demgen.io.raster import NODATA, geotiff_profile, open_writer, write_cog
 from demgen.tasks.registry import load_task  # re-exported: loading lives with the tasks
-from demgen.tasks.spec import LayerSpec, TaskSpec
 
 __all__ = [
     "NODATA",
@@ -68,14 +59,6 @@ __all__ = [
     "window_starts",
 ]
 
-RESOLUTION_TOLERANCE = 0.02  # relative pixel-size mismatch accepted without --any-resolution
-
-
-def default_window(task) -> int:
-    """The window side (px) used when none is given: the task's ``spec.window`` (the training
-    chip size for relative models and refinement, else twice it)."""
-    return int(task.spec.window)
-
 
 def _window_rows(
     height: int, width: int, window: int, stride: int
@@ -83,73 +66,6 @@ def _window_rows(
     cols = window_starts(width, window, stride)
     for r in window_starts(height, window, stride):
         yield r, cols
-
-
-def _check_grid(task, src: DatasetReader, path: Path, any_res: bool) -> None:
-    """Errors for a missing CRS, or a pixel size unlike the training data's."""
-    require_crs(src, path)
-    trained = task.hparams.get("pixel_size")
-    if trained and not any_res:
-        px = pixel_size_metres(src)
-        if abs(px - trained) > RESOLUTION_TOLERANCE * trained:
-            raise InputError(
-                f"{path}: pixel size {px:.2f} m differs from the model's {trained:g} m "
-                "(resample the image, or pass --any-resolution to predict anyway)"
-            )
-
-
-def inference_copy(task, device: str | None = None, precision: str = "auto"):
-    """An inference copy of ``task`` on ``device``: eval mode, BatchNorms folded into the
-    convs, channels_last (NHWC, faster for inference in fp32 and bf16 alike). The caller's
-    task is left as it was, still trainable."""
-    device = device or default_device()
-    amp_dtype = autocast_dtype(resolve_precision(precision, device))
-    task = copy.deepcopy(task).eval().to(device)
-    fuse_conv_bn(task)
-    task.set_channels_last(True)
-    return task, device, amp_dtype
-
-
-def resolve_inputs(spec: TaskSpec, inputs: Mapping[str, str | Path] | str | Path) -> dict:
-    """``{input name: path}`` for every input of ``spec``: a plain path is the shorthand for
-    the first (for a one-input task, the only) input. One-line InputError for an unknown
-    name or a missing input, listing what the checkpoint needs."""
-    if isinstance(inputs, str | Path):
-        inputs = {spec.inputs[0].name: inputs}
-    needed = spec.input_names
-    unknown = [n for n in inputs if n not in needed]
-    if unknown:
-        raise InputError(f"unknown input {unknown[0]!r}: the checkpoint reads {needed}")
-    missing = [n for n in needed if n not in inputs]
-    if missing:
-        raise InputError(
-            f"the checkpoint needs inputs {needed}; missing {missing} "
-            "(pass each as --input NAME=PATH)"
-        )
-    return {n: Path(inputs[n]) for n in needed}
-
-
-def output_files(spec: TaskSpec, output: str | Path) -> dict[str, Path]:
-    """Where each output layer is written: ``output`` itself for a one-output task; for
-    several, ``<output stem>_<layer name><output suffix>`` beside it (``pred.tif`` ->
-    ``pred_dtm.tif``, ``pred_image.tif``)."""
-    output = Path(output)
-    if len(spec.outputs) == 1:
-        return {spec.outputs[0].name: output}
-    suffix = output.suffix or ".tif"
-    return {la.name: output.with_name(f"{output.stem}_{la.name}{suffix}") for la in spec.outputs}
-
-
-def _on_grid(stack: contextlib.ExitStack, ds: DatasetReader, grid: DatasetReader, path: Path):
-    """``ds`` itself when on ``grid``'s grid, else a bilinear WarpedVRT of it onto that grid."""
-    require_crs(ds, path)
-    if ds.crs == grid.crs and ds.transform.almost_equals(grid.transform) and ds.shape == grid.shape:
-        return ds
-    return stack.enter_context(WarpedVRT(
-        ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-        resampling=Resampling.bilinear, src_nodata=ds.nodata,
-        nodata=ds.nodata if ds.nodata is not None else np.nan,
-    ))  # fmt: skip
 
 
 def predict_scene(
@@ -167,6 +83,12 @@ def predict_scene(
     cog: bool = False,
     any_resolution: bool = False,
     progress: bool = True,
+    seed: int = 0,
+    samples: int = 1,
+    steps: int | None = None,
+    guidance: float | None = None,
+    eta: float | None = None,
+    attributes: dict[str, float] | None = None,
 ) -> Path:
     """Predict every output layer of ``task`` over the scene of its named ``inputs``.
 
@@ -180,8 +102,25 @@ def predict_scene(
     with no valid pixel raises InputError and writes nothing. ``window`` defaults to
     :func:`default_window`; ``reference`` (a coarse DEM) anchors relative outputs. Returns
     the path of the first output.
+
+    A diffusion checkpoint (``spec.diffusion``) is sampled over the whole scene at once by
+    :func:`demgen.inference.sampling.sample_scene` with ``seed``, ``samples`` (their mean,
+    and a ``_std`` file of their spread), ``steps``, ``guidance``, ``eta`` and
+    ``attributes``; other tasks take none of those.
     """
     spec = task.spec
+    if spec.diffusion:
+        if tta or reference is not None:
+            raise InputError("--tta and --reference are not for diffusion checkpoints "
+                             "(--samples N gives the spread of N samples)")  # fmt: skip
+        return sample_scene(task, inputs, out_path, window=window, overlap=overlap,
+                            batch_size=batch_size, precision=precision, device=device,
+                            cog=cog, any_resolution=any_resolution, progress=progress,
+                            seed=seed, samples=samples, steps=steps, guidance=guidance,
+                            eta=eta, attributes=attributes)  # fmt: skip
+    if samples != 1 or attributes or any(v is not None for v in (steps, guidance, eta)):
+        raise InputError("--samples, --steps, --guidance, --eta and --attribute are for diffusion "
+                         "checkpoints; this one predicts in one pass")  # fmt: skip
     if tta and not spec.dihedral:
         raise InputError(
             "this checkpoint's outputs depend on direction (e.g. the sun of a DEM -> image "
@@ -192,14 +131,7 @@ def predict_scene(
     task, device, amp_dtype = inference_copy(task, device, precision)
     first = spec.inputs[0].name
     with contextlib.ExitStack() as stack:
-        stack.enter_context(bounded_gdal_cache())
-        grid = stack.enter_context(open_raster(paths[first]))
-        _check_grid(task, grid, paths[first], any_resolution)
-        opened, bands = {}, {}
-        for la in spec.inputs:
-            ds = grid if la.name == first else stack.enter_context(open_raster(paths[la.name]))
-            bands[la.name] = band_indices(la, ds, paths[la.name])
-            opened[la.name] = ds if la.name == first else _on_grid(stack, ds, grid, paths[la.name])
+        grid, opened, bands = open_inputs(stack, task, paths, any_resolution)
         reader = _SceneReader(task, opened, bands, device, amp_dtype, tta)
         relative = any(la.relative for la in spec.outputs)
         ref = _Reference(reference, grid) if reference is not None and relative else None
@@ -207,22 +139,6 @@ def predict_scene(
                  overlap=overlap, batch_size=batch_size, tta=tta, ref=ref, cog=cog,
                  progress=progress, source=paths[first])  # fmt: skip
     return outs[spec.outputs[0].name]
-
-
-def _output_meta(task, layer: LayerSpec, anchored: bool, tta: bool):
-    """Band descriptions, units and dataset tags of one output layer's GeoTIFF."""
-    names = [layer.name if anchored else f"relative {layer.name}"] if layer.channels == 1 else (
-        list(layer.bands))  # fmt: skip
-    if tta:
-        names += ["tta_std"] if layer.channels == 1 else [f"{b}_tta_std" for b in layer.bands]
-    tags = {"demgen_output": layer.name, "units": layer.unit}
-    if layer.unit == "reflectance" and task.hparams.get("reflectance_scale"):
-        tags["reflectance_scale"] = str(task.hparams.get("reflectance_scale"))
-    if layer.unit == "metre":
-        tags |= {"demgen_target": layer.name,
-                 "heights": "absolute" if anchored else "relative",
-                 VERTICAL_CRS_TAG: str(task.hparams.get("vertical_crs") or "unknown")}  # fmt: skip
-    return names, [layer.unit] * len(names), tags
 
 
 def _predict(task, reader, grid, outs, *, window, overlap, batch_size, tta, ref, cog,
@@ -246,7 +162,7 @@ def _predict(task, reader, grid, outs, *, window, overlap, batch_size, tta, ref,
             for la in reader.spec.outputs:
                 lref = ref if la.relative else None
                 anchored = not la.relative or lref is not None
-                names, units, tags = _output_meta(task, la, anchored, tta)
+                names, units, tags = output_meta(task, la, anchored, tta)
                 integer = la.dtype != "float32"
                 profile = geotiff_profile(
                     width=W, height=H, count=len(names), dtype=la.dtype,
