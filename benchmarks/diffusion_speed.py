@@ -1,16 +1,16 @@
-"""Diffusion sampling speed: seconds per megapixel for DDIM 25 and 50 steps on this CPU.
+"""Diffusion sampling speed: seconds per megapixel of scene for DDIM 25 and 50 steps, this CPU.
 
-Samples a batch of 64-px windows with the small conditional denoiser
-(:class:`demgen.models.denoiser.ConditionalDenoiser` at its defaults: base 32 channels,
-3 levels, attention at the lowest; image (4 bands) -> DEM (1)) and DDIM, with and without
-classifier-free guidance (guidance runs the net on a batch of 2B). Speed does not depend
-on the weights, so the net is untrained (its zero-initialised layers made random so the
-work is real). Megapixels are window pixels: a scene sampled with overlapping windows
-costs ``1 / (1 - overlap)^2`` times more per scene pixel. Writes
-``benchmarks/diffusion_speed.json``.
+Samples a synthetic scene whole with :func:`demgen.inference.sampling.sample_scene` (every
+window denoised together and blended at every step) and the denoiser of a recipe of
+``configs/diffusion/`` (default ``image2dem_small``: image (4 bands) -> DEM (1)), at the
+recipe's prediction window (twice its chip) and 25 % overlap, precision ``auto``, with and
+without classifier-free guidance (guidance runs the net on a batch of 2B). Speed does not
+depend on the weights, so the net is untrained (its zero-initialised layers drawn at
+random so the work is real). Megapixels are scene pixels: the windows' overlap is paid
+for. Writes ``benchmarks/diffusion_speed.json``.
 
-    nice .venv/bin/python benchmarks/diffusion_speed.py            # 8 windows, 1 thread
-    nice .venv/bin/python benchmarks/diffusion_speed.py --windows 2 --steps 5   # smoke run
+    .venv/bin/python benchmarks/diffusion_speed.py                       # 512-px scene
+    .venv/bin/python benchmarks/diffusion_speed.py --scene 96 --steps 2  # smoke run
 """
 
 from __future__ import annotations
@@ -19,16 +19,26 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
+from rasterio.transform import from_origin
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from demgen.models.denoiser import ConditionalDenoiser  # noqa: E402
-from demgen.schedulers import DDIMScheduler, guided_output, sample_loop  # noqa: E402
+from demgen.data.normalize import ElevationNorm, PercentileImageNorm  # noqa: E402
+from demgen.inference.sampling import sample_scene  # noqa: E402
+from demgen.io.jsonio import write_json  # noqa: E402
+from demgen.io.raster import write_raster  # noqa: E402
+from demgen.precision import resolve_precision  # noqa: E402
+from demgen.tasks.diffusion_tasks import Image2DemDiffusionTask  # noqa: E402
+
+BANDS = ["B2", "B3", "B4", "B8"]
 
 
 def cpu_name() -> str:
@@ -42,68 +52,77 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def time_sampling(
-    net: ConditionalDenoiser, windows: int, size: int, steps: int, scale: float
-) -> float:
-    """Wall seconds to DDIM-sample ``windows`` windows of ``size`` px in ``steps`` steps."""
-    g = torch.Generator().manual_seed(0)
-    cond = torch.randn(windows, net.cond_channels, size, size, generator=g)
-    attrs = torch.rand(windows, net.attr_dim, generator=g) if net.attr_dim else None
-    noise = torch.randn(windows, net.target_channels, size, size, generator=g)
-    sched = DDIMScheduler(eta=0.0)
-    start = time.perf_counter()
-    sample_loop(lambda x, t: guided_output(net, x, t, cond, attrs, scale), sched, noise, steps, g)
-    return time.perf_counter() - start
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--windows", type=int, default=8, help="windows sampled as one batch")
-    parser.add_argument("--size", type=int, default=64, help="window size in pixels")
-    parser.add_argument("--steps", type=int, nargs="+", default=[25, 50])
-    # one thread: on the shared 2-core machine two threads ran these convolutions ~5x slower
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "diffusion_speed.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    net = ConditionalDenoiser(target_channels=1, cond_channels=4, attr_dim=4).eval()
+def recipe_task(config: Path) -> Image2DemDiffusionTask:
+    """An untrained image -> DEM task with the recipe's denoiser and chip size."""
+    cfg = yaml.safe_load(config.read_text())
+    init = cfg["model"]["init_args"]
+    chip = int(cfg["data"]["init_args"].get("chip_size", 64))
+    norm = PercentileImageNorm(BANDS, [200.0] * 4, [3000.0] * 4)
+    task = Image2DemDiffusionTask(norm.to_dict(), ElevationNorm(0.0, 1000.0).to_dict(),
+                                  diffusion=init["diffusion"], chip_size=chip,
+                                  pixel_size=10.0)  # fmt: skip
     with torch.no_grad():
-        for p in net.parameters():
+        for p in task.parameters():
             if not p.any():
                 p.normal_(0.0, 0.05)
-    megapixels = args.windows * args.size**2 / 1e6
-    time_sampling(net, 2, args.size, 2, 1.0)  # warm-up: allocator, kernels
+    return task.eval()
 
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", type=Path,
+                    default=ROOT / "configs" / "diffusion" / "image2dem_small.yaml")  # fmt: skip
+    ap.add_argument("--scene", type=int, default=512, help="scene side, px")
+    ap.add_argument("--steps", type=int, nargs="+", default=[25, 50])
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "diffusion_speed.json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    task = recipe_task(args.config)
+    n = args.scene
     runs = []
-    for steps in args.steps:
-        for scale in (1.0, 2.0):  # plain conditional; guided (one pass on 2B)
-            seconds = time_sampling(net, args.windows, args.size, steps, scale)
-            runs.append(
-                {
-                    "ddim_steps": steps,
-                    "guidance_scale": scale,
-                    "seconds": round(seconds, 2),
-                    "s_per_megapixel": round(seconds / megapixels, 1),
-                }
-            )
-            print(json.dumps(runs[-1]), flush=True)
-
+    with tempfile.TemporaryDirectory() as tmp:
+        y, x = np.mgrid[0:n, 0:n].astype(np.float32)
+        img = np.stack([1000 + 500 * np.sin(x / (9 + k)) * np.cos(y / 13) for k in range(4)])
+        src = write_raster(Path(tmp) / "image.tif", img.astype(np.float32), crs="EPSG:32633",
+                           transform=from_origin(500_000, 5_200_000, 10, 10),
+                           descriptions=BANDS)  # fmt: skip
+        sample_scene(task, src, Path(tmp) / "warm.tif", steps=2, precision=args.precision,
+                     progress=False)  # fmt: skip
+        for steps in args.steps:
+            for g in args.guidance:
+                t0 = time.perf_counter()
+                sample_scene(task, src, Path(tmp) / "s.tif", steps=steps, guidance=g,
+                             precision=args.precision, progress=False)  # fmt: skip
+                s = time.perf_counter() - t0
+                runs.append({"ddim_steps": steps, "guidance_scale": g, "seconds": round(s, 2),
+                             "s_per_megapixel": round(s / (n * n / 1e6), 1)})  # fmt: skip
+                print(json.dumps(runs[-1]), flush=True)
+    d = task.diffusion_config
     result = {
-        "model": "ConditionalDenoiser(target 1, cond 4, attr 4, base 32, mults 1-2-2, attention)",
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "window_px": args.size,
-        "windows_per_batch": args.windows,
-        "megapixels_per_run": megapixels,
-        "threads": args.threads,
+        "what": "sample_scene wall seconds per scene megapixel (windows blended every step)",
+        "recipe": str(args.config.relative_to(ROOT))
+        if args.config.is_relative_to(ROOT)
+        else str(args.config),  # fmt: skip
+        "model": f"ConditionalDenoiser(target 1, cond 4, base {d.base_channels}, mults "
+        f"{'-'.join(map(str, d.channel_mults))}, attention {d.attention})",
+        "parameters": sum(p.numel() for p in task.model.parameters()),
+        "scene_px": n,
+        "window_px": int(task.spec.window),
+        "overlap": 0.25,
+        "precision": str(resolve_precision(args.precision)),
+        "threads": torch.get_num_threads(),
         "runs": runs,
-        "note": "window pixels; overlapping scene windows cost 1/(1-overlap)^2 more per scene px",
         "torch": torch.__version__,
-        "machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
+        "machine": cpu_name(),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":
