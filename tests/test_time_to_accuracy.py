@@ -63,7 +63,8 @@ def test_summary_ratio_and_time_to_accuracy(tta):
 
 def test_tiny_run_writes_json_and_plot_and_resumes(tta, tmp_path, one_thread, capsys):
     out, png = tmp_path / "tta.json", tmp_path / "tta.png"
-    argv = ["--budgets", "0.01", "--scenes", "2", "--size", "256", "--recipes",
+    argv = ["--budgets", "0.005,0.01", "--shaped-budgets", "0.01", "--scenes", "2", "--size",
+            "256", "--recipes",
             "demgen_default,demgen_best,sat2dem_pix2pix", "--work", str(tmp_path / "work"),
             "--out", str(out), "--plot", str(png)]  # fmt: skip
     res = tta.main(argv)
@@ -71,27 +72,37 @@ def test_tiny_run_writes_json_and_plot_and_resumes(tta, tmp_path, one_thread, ca
     stored = json.loads(out.read_text())
     assert set(stored["runs"]) == {"demgen_default", "demgen_best", "sat2dem_pix2pix"}
     for name, runs in stored["runs"].items():
-        e = runs["0.01"]
-        assert e["epochs"] >= 1 and e["train_batches"] >= 1, name
-        h = e["held_out"]
-        assert all(h[k] is not None and h[k] >= 0 for k in
-                   ("mae_m", "rmse_m", "nmad_m", "slope_rmse_deg")), name  # fmt: skip
-        assert e["settings"]["seed"] == 1
+        assert runs["0.01"]["epochs"] >= 1, name  # the stop validates
+        for e in runs.values():  # an early mark may come before the first validation
+            assert e["train_batches"] >= 1, name
+            h = e["held_out"]
+            assert all(h[k] is not None and h[k] >= 0 for k in
+                       ("mae_m", "rmse_m", "nmad_m", "slope_rmse_deg")), name  # fmt: skip
+            assert e["settings"]["seed"] == 1
+    # the budget-free schedules: one run to 0.01 min, a checkpoint kept at each mark
+    for name in ("demgen_default", "sat2dem_pix2pix"):
+        early, late = stored["runs"][name]["0.005"], stored["runs"][name]["0.01"]
+        assert early["run"] == late["run"] and late["run"].endswith("_marks/version_0")
+        assert early["how"] == "checkpoint at 0.005 min of one 0.01-min run"
+        assert early["train_batches"] <= late["train_batches"]
+        assert early["train_seconds"] <= late["train_seconds"]
+    assert set(stored["runs"]["demgen_best"]) == {"0.01"}  # budget-shaped: its own run
+    assert stored["runs"]["demgen_best"]["0.01"]["how"] == "its own run"
     assert set(stored["baselines"]) == {"training_mean", "linear_bands"}
     w = stored["world"]
     assert (
         w["stores"]["chip128"]["train_scene_seeds"] == w["stores"]["chip256"]["train_scene_seeds"]
     )
-    assert w["held_out"]["chips"] == 3  # one 256-px chip per held-out relief
+    assert w["held_out"]["chips"] == 8  # 4 held-out 256-px scenes per relief (hills, plains)
     assert "amx_bf16" in stored["machine"] and stored["machine"]["precision_auto"]
-    assert "0.01" in stored["summary"]["ratio_pix2pix_over_default_mae"]
+    assert set(stored["summary"]["ratio_pix2pix_over_default_mae"]) == {"0.005", "0.01"}
     # the time-cosine recipe got its callback, the others only the passive counter
     best_cfg = (tmp_path / "work" / "configs" / "demgen_best_0.01min.yaml").read_text()
     assert "TimeCosineLR" in best_cfg
-    assert "TimeCosineLR" not in (tmp_path / "work" / "configs" /
-                                  "demgen_default_0.01min.yaml").read_text()  # fmt: skip
+    plain = (tmp_path / "work" / "configs" / "demgen_default_0.01min_marks.yaml").read_text()
+    assert "TimeCosineLR" not in plain and "BudgetMarks" in plain
     # resumed: nothing trains again
     capsys.readouterr()
     again = tta.main(argv)
-    assert capsys.readouterr().out.count("skipped") == 3
+    assert capsys.readouterr().out.count("skipped") == 5
     assert again["runs"] == res["runs"]
