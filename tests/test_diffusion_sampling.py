@@ -166,5 +166,9 @@ def test_predict_cli_samples_a_diffusion_checkpoint(tmp_path):
     ok = cli("-o", str(tmp_path / "dem.tif"), "--samples", "2", "--seed", "5", "--steps", "2")
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "dem.tif").is_file() and (tmp_path / "dem_std.tif").is_file()
-    bad = cli("-o", str(tmp_path / "x.tif"), "--steps", "99999")
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    for args, says in ((["--steps", "99999"], "num_inference_steps"),
+                       (["--attribute", "snow=0.8"], "unknown attributes"),
+                       (["--attribute", "snow"], "NAME=VALUE")):  # fmt: skip
+        bad = cli("-o", str(tmp_path / "x.tif"), *args)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert says in bad.stderr and not (tmp_path / "x.tif").exists()

@@ -117,7 +117,8 @@ class DiffusionMixin:
     The class using it (``class X(DiffusionMixin, HostTask)``) provides:
 
     - ``condition(inputs, valid) -> Tensor``: the condition layers (B, C, H, W) of named
-      inputs in their units (the host's ``encode``);
+      inputs in their units (default: the host's ``encode``, with ``cond_channels`` its
+      ``in_channels`` and ``sample_metrics`` its ``val_metrics``);
     - ``diffusion_batch(batch) -> (cond, target, mask)``: a training batch as condition,
       host-normalized target (B, T, H, W) and validity (B, 1, H, W);
     - ``target_channels`` and ``cond_channels``;
@@ -187,6 +188,18 @@ class DiffusionMixin:
     # ---------------------------------------------------------------- target space
     def target_base(self, cond: Tensor) -> Tensor | None:
         return None
+
+    # the hosts' own names for these, unless a task says otherwise
+    @property
+    def cond_channels(self) -> int:
+        return self.in_channels
+
+    @property
+    def sample_metrics(self):
+        return self.val_metrics
+
+    def condition(self, inputs: dict[str, Tensor], valid: dict[str, Tensor]) -> Tensor:
+        return self.encode(inputs, valid)
 
     #: band names the attributes are computed from (image targets: their bands; none else)
     @property

@@ -81,17 +81,6 @@ class Image2DemDiffusionTask(DiffusionMixin, DEMTask):
     def target_channels(self) -> int:
         return 1
 
-    @property
-    def cond_channels(self) -> int:
-        return self.in_channels
-
-    @property
-    def sample_metrics(self):
-        return self.val_metrics
-
-    def condition(self, inputs: dict[str, Tensor], valid: dict[str, Tensor]) -> Tensor:
-        return self.encode(inputs, valid)
-
     def diffusion_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         b = self.clean_batch(batch)
         return b["image"].float(), b["target"].float(), b["mask"]
@@ -101,7 +90,25 @@ class Image2DemDiffusionTask(DiffusionMixin, DEMTask):
         self.val_metrics.update(to_metres(norm, y), to_metres(norm, target), mask)
 
 
-class Dem2ImageDiffusionTask(DiffusionMixin, Dem2ImageTask):
+class ImageDiffusionMixin(DiffusionMixin):
+    """What the two image-drawing diffusion tasks share: the target is the host's bands,
+    attributes come from them, validation samples are scored in reflectance (clamped at 0,
+    as prediction writes them)."""
+
+    @property
+    def attribute_bands(self) -> tuple[str, ...]:
+        return tuple(self.bands)
+
+    @property
+    def target_channels(self) -> int:
+        return self.n_bands
+
+    def update_sample_metrics(self, y: Tensor, target: Tensor, mask: Tensor) -> None:
+        pred = self.reflectance(y).clamp(min=0.0)
+        self.val_metrics.update(pred, self.reflectance(target), mask)
+
+
+class Dem2ImageDiffusionTask(ImageDiffusionMixin, Dem2ImageTask):
     """DEM (metres) [+ land cover] -> a sample of the image (stored reflectance units).
 
     Args: as :class:`~demgen.tasks.dem2image.Dem2ImageTask` without the generator's, plus
@@ -142,35 +149,12 @@ class Dem2ImageDiffusionTask(DiffusionMixin, Dem2ImageTask):
         self.target_shift, self.target_scale = _image_shift_scale(self.image_norm)
         self._build_diffusion(self.hparams.get("diffusion"))
 
-    @property
-    def attribute_bands(self) -> tuple[str, ...]:
-        return tuple(self.bands)
-
-    @property
-    def target_channels(self) -> int:
-        return self.n_bands
-
-    @property
-    def cond_channels(self) -> int:
-        return self.in_channels
-
-    @property
-    def sample_metrics(self):
-        return self.val_metrics
-
-    def condition(self, inputs: dict[str, Tensor], valid: dict[str, Tensor]) -> Tensor:
-        return self.encode(inputs, valid)
-
     def diffusion_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         x, target, mask, _ = self.batch_roles(batch)
         return x, target, mask
 
-    def update_sample_metrics(self, y: Tensor, target: Tensor, mask: Tensor) -> None:
-        pred = self.reflectance(y).clamp(min=0.0)  # as predict writes it
-        self.val_metrics.update(pred, self.reflectance(target), mask)
 
-
-class TemporalDiffusionTask(DiffusionMixin, TemporalTask):
+class TemporalDiffusionTask(ImageDiffusionMixin, TemporalTask):
     """Day-0 image + building mask at t [+ gap] -> a sample of the image at t.
 
     Args: as :class:`~demgen.tasks.temporal.TemporalTask` without the GAN's, plus
@@ -209,37 +193,14 @@ class TemporalDiffusionTask(DiffusionMixin, TemporalTask):
         self.target_shift, self.target_scale = 0.0, 0.5  # changes: about -1..1 normalized
         self._build_diffusion(self.hparams.get("diffusion"))
 
-    @property
-    def attribute_bands(self) -> tuple[str, ...]:
-        return tuple(self.bands)
-
-    @property
-    def target_channels(self) -> int:
-        return self.n_bands
-
-    @property
-    def cond_channels(self) -> int:
-        return self.in_channels
-
-    @property
-    def sample_metrics(self):
-        return self.val_metrics
-
     def target_base(self, cond: Tensor) -> Tensor:
         return cond[:, : self.n_bands].float()
-
-    def condition(self, inputs: dict[str, Tensor], valid: dict[str, Tensor]) -> Tensor:
-        return self.encode(inputs, valid)
 
     def diffusion_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         if self.training:
             self._record_gaps(batch)
         r = self.batch_roles(batch)
         return r["x"], r["target"], r["mask"]
-
-    def update_sample_metrics(self, y: Tensor, target: Tensor, mask: Tensor) -> None:
-        pred = self.reflectance(y).clamp(min=0.0)
-        self.val_metrics.update(pred, self.reflectance(target), mask)
 
 
 __all__ = ["Dem2ImageDiffusionTask", "Image2DemDiffusionTask", "TemporalDiffusionTask"]
