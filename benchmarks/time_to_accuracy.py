@@ -110,7 +110,8 @@ FRACTIONS = (0.75, 0.25, 0.0)
 #: 3 val (seeds 8, 9, 10: one of each relief)
 SPLIT_SEED = 1
 HELD_CHIP = 256
-METRIC_KEYS = ("mae_m", "rmse_m", "nmad_m", "slope_rmse_deg", "bias_m", "le90_m", "r2")
+METRIC_KEYS = ("mae_m", "rmse_m", "nmad_m", "slope_rmse_deg", "bias_m", "le90_m", "r2",
+               "mae_chip_level_free_m")  # fmt: skip
 DEFAULT_OUT = ROOT / "benchmarks" / "time_to_accuracy.json"
 DEFAULT_PLOT = ROOT / "benchmarks" / "time_to_accuracy.png"
 
@@ -551,9 +552,9 @@ def run_one(name: str, settings: dict, budgets: list[float], world: dict,
 # --- summary, report, plot --------------------------------------------------------------------
 
 
-def _mae(res: dict, recipe: str, b: str) -> float | None:
+def _mae(res: dict, recipe: str, b: str, key: str = "mae_m") -> float | None:
     e = res.get("runs", {}).get(recipe, {}).get(b)
-    return None if e is None else e["held_out"]["mae_m"]
+    return None if e is None else e["held_out"].get(key)
 
 
 def summarize(res: dict) -> dict[str, Any]:
@@ -568,6 +569,15 @@ def summarize(res: dict) -> dict[str, Any]:
             out["ratio_pix2pix_over_default_mae"][k] = round(p / d, 3)
     ratios = out["ratio_pix2pix_over_default_mae"]
     out["quarter_at_every_budget"] = bool(ratios) and all(v >= 4 for v in ratios.values())
+    free = {}
+    for b in budgets:
+        k = budget_key(b)
+        p = _mae(res, "sat2dem_pix2pix", k, "mae_chip_level_free_m")
+        d = _mae(res, "demgen_default", k, "mae_chip_level_free_m")
+        if p is not None and d is not None and d > 0:
+            free[k] = round(p / d, 3)
+    if free:  # the same ratio once each held-out scene's level is removed
+        out["ratio_pix2pix_over_default_level_free_mae"] = free
     pix = {float(b): e["held_out"]["mae_m"] for b, e in runs.get("sat2dem_pix2pix", {}).items()}
     dflt = {float(b): e["held_out"]["mae_m"] for b, e in runs.get("demgen_default", {}).items()}
     if pix and dflt:
@@ -598,18 +608,25 @@ def _ordered(res: dict) -> list[tuple[str, dict]]:
 
 
 def table(res: dict) -> str:
-    """A Markdown table: held-out MAE / RMSE / NMAD / slope RMSE per recipe and budget."""
-    lines = ["| recipe | minutes | epochs | MAE (m) | RMSE (m) | NMAD (m) | slope RMSE (deg) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    """A Markdown table per recipe and budget: held-out MAE, bias, the MAE with each held-out
+    scene's level removed, RMSE, NMAD, slope RMSE, and the validation MAE."""
+    lines = ["| recipe | minutes | epochs | MAE (m) | bias (m) | level-free MAE (m) | RMSE (m) "
+             "| NMAD (m) | slope RMSE (deg) | val MAE (m) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+
+    def cells(h: dict) -> str:
+        return (f"{f(h.get('mae_m'))} | {f(h.get('bias_m'))} | "
+                f"{f(h.get('mae_chip_level_free_m'))} | {f(h.get('rmse_m'))} | "
+                f"{f(h.get('nmad_m'))} | {f(h.get('slope_rmse_deg'))}")  # fmt: skip
+
     for name, runs in _ordered(res):
         for b in sorted(runs, key=float):
-            e, h = runs[b], runs[b]["held_out"]
-            lines.append(f"| {name} | {b} | {e['epochs']} | {f(h['mae_m'])} | {f(h['rmse_m'])} | "
-                         f"{f(h['nmad_m'])} | {f(h['slope_rmse_deg'])} |")  # fmt: skip
+            e = runs[b]
+            lines.append(f"| {name} | {b} | {e['epochs']} | {cells(e['held_out'])} | "
+                         f"{f(e.get('best_val_mae_m'))} |")  # fmt: skip
     for name, h in res.get("baselines", {}).items():
-        lines.append(f"| baseline: {name} | - | - | {f(h['mae_m'])} | {f(h['rmse_m'])} | "
-                     f"{f(h['nmad_m'])} | {f(h['slope_rmse_deg'])} |")  # fmt: skip
+        lines.append(f"| baseline: {name} | - | - | {cells(h)} | - |")
     return "\n".join(lines) + "\n"
 
 
@@ -686,6 +703,27 @@ def _write(path: Path, res: dict) -> None:
     write_json(path, res)
 
 
+def rescore(res: dict, args: argparse.Namespace) -> None:
+    """Score each run's kept checkpoint again on the held-out store (and the baselines)."""
+    from demgen.scoring import score_checkpoint
+    from demgen.tasks import load_task
+
+    reliefs = tuple(r.strip() for r in args.reliefs.split(",") if r.strip())
+    world = build_world(args.work.resolve(), args.scenes, args.size, reliefs, args.held_out)
+    for name, runs in res.get("runs", {}).items():
+        for k, e in runs.items():
+            ckpt = Path(e["run"]) / "checkpoints" / e["checkpoint"].split(" ")[0]
+            if not ckpt.is_file():
+                print(f"[tta] {name} {k} min: {ckpt} is gone, not rescored", flush=True)
+                continue
+            r = score_checkpoint(load_task(ckpt), world["held_store"], split="all",
+                                 progress=False, baseline_store=world["stores"][256])  # fmt: skip
+            e["held_out"] = {kk: r["methods"]["model"].get(kk) for kk in METRIC_KEYS}
+            res["baselines"] = {b: {kk: v.get(kk) for kk in METRIC_KEYS}
+                                for b, v in r["methods"].items() if b != "model"}  # fmt: skip
+            print(f"[tta] {name} {k} min: rescored, MAE {e['held_out']['mae_m']:.2f} m", flush=True)
+
+
 def _parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for it in items:
@@ -718,8 +756,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=",".join(RELIEFS),
         help="reliefs of the world's scenes in turn, and of one held-out scene each",
     )
-    ap.add_argument("--held-out", type=int, default=4,
-                    help="held-out scenes per relief (seeds 1000 + 100 x relief index + k)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --report: score every kept checkpoint of --out again on the "
+                    "held-out scenes (new metrics; nothing trains)")  # fmt: skip
+    ap.add_argument(
+        "--held-out",
+        type=int,
+        default=4,
+        help="held-out scenes per relief (seeds 1000 + 100 x relief index + k)",
+    )
     ap.add_argument(
         "--merge",
         type=Path,
@@ -747,7 +792,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise SystemExit(f"{other}: another world than {args.out}'s")
             for name, runs in o.get("runs", {}).items():
                 res.setdefault("runs", {}).setdefault(name, {}).update(runs)
-        if args.merge:
+        if args.rescore:
+            rescore(res, args)
+        if args.merge or args.rescore:
             _write(args.out, res)
         res["summary"] = summarize(res)
         plot(res, args.plot)

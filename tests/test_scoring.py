@@ -70,6 +70,13 @@ def test_scores_match_a_hand_computation(store, tmp_path):
     mean_hand = error_stats(np.full_like(ref, mean_bl.mean_m), ref)
     assert r["methods"]["training_mean"]["mae_m"] == pytest.approx(mean_hand["mae_m"], rel=1e-6)
     assert r["methods"]["training_mean"]["bias_m"] == pytest.approx(mean_hand["bias_m"], rel=1e-6)
+    # the chip-level-free MAE: each chip's mean error removed, by hand
+    e = pred.astype(np.float64) - ref
+    e -= np.nanmean(e, axis=(1, 2), keepdims=True)
+    assert m["mae_chip_level_free_m"] == pytest.approx(np.nanmean(np.abs(e)), rel=1e-4)
+    assert m["mae_chip_level_free_m"] <= m["mae_m"] + 1e-9
+    flat = np.nanmean(np.abs(ref - np.nanmean(ref, axis=(1, 2), keepdims=True)))
+    assert r["methods"]["training_mean"]["mae_chip_level_free_m"] == pytest.approx(flat, rel=1e-6)
     lin = np.stack([lin_bl.predict(np.asarray(s.image[j], np.float64)) for j in idx])
     lin_hand = error_stats(lin.astype(np.float64), ref)
     assert r["methods"]["linear_bands"]["rmse_m"] == pytest.approx(lin_hand["rmse_m"], rel=1e-5)

@@ -106,3 +106,13 @@ def test_tiny_run_writes_json_and_plot_and_resumes(tta, tmp_path, one_thread, ca
     again = tta.main(argv)
     assert capsys.readouterr().out.count("skipped") == 5
     assert again["runs"] == res["runs"]
+    # the kept checkpoints score again, with every metric the scorer has now
+    stored["runs"]["demgen_default"]["0.005"]["held_out"].pop("mae_chip_level_free_m")
+    out.write_text(json.dumps(stored))
+    rescored = tta.main([*argv, "--report", "--rescore"])
+    for runs in rescored["runs"].values():
+        for e in runs.values():
+            h = e["held_out"]
+            assert 0 <= h["mae_chip_level_free_m"] <= h["mae_m"] + 1e-6
+    assert rescored["runs"]["demgen_default"]["0.01"]["held_out"] == \
+        res["runs"]["demgen_default"]["0.01"]["held_out"]  # fmt: skip

@@ -18,6 +18,10 @@ image) are scored there by :mod:`demgen.scoring_temporal`, beside persistence ba
 with a segmenter's building F1; the dispatch is on the store's format and the spec's input
 units.
 
+Absolute models also get ``mae_chip_level_free_m``: the MAE once each chip's mean error is
+removed, the relief error without the chip's level (on scenes no training saw, the level of
+a synthetic scene is drawn at random and dominates ``mae_m``).
+
 Chips are scored as one mosaic: stacked one above the other with a row of NaN between them,
 so slopes, aspects and SSIM windows never straddle two chips, and the DEM metrics of
 :mod:`demgen.metrics.dem` apply unchanged.
@@ -159,6 +163,7 @@ def score_checkpoint(
     relative = bool(out_layer.relative) or heights_relative
     rel_model = bool(out_layer.relative)
     preds: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
+    level_free: dict[str, list[float]] = {m: [] for m in METHODS}  # per chip: sum |e - mean e|
     refs: list[np.ndarray] = []
     sst_chip = 0.0  # sum of (ref - its chip's mean)^2: the R2 baseline of relative scores
     bar = tqdm(total=int(chips.size), desc=f"test {split}", unit="chip", disable=not progress)
@@ -183,6 +188,9 @@ def score_checkpoint(
                 for name, p in chip.items():
                     if relative:
                         p = _shift_per_chip(p, ref, ok)
+                    elif ok.any():
+                        e = p[ok] - ref[ok]
+                        level_free[name].append(float(np.sum(np.abs(e - e.mean()))))
                     preds[name].append(np.where(ok, p, np.nan))
                 refs.append(ref)
             bar.update(len(batch))
@@ -212,6 +220,8 @@ def score_checkpoint(
         if relative:  # R2 against each chip's own mean: a flat chip scores 0, not more
             sse = m["rmse_m"] ** 2 * m["n_pixels"]
             m["r2"] = 1.0 - sse / sst_chip if sst_chip > 0 else float("nan")
+        elif m.get("n_pixels"):  # the MAE once each chip's mean error (its level) is removed
+            m["mae_chip_level_free_m"] = sum(level_free[name]) / m["n_pixels"]
         result["methods"][name] = _suffix(m, relative)
     if figure is not None:
         _figure(figure, preds["model"], refs, pixel, result)
