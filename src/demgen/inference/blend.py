@@ -46,6 +46,20 @@ def blend_weight(n: int, floor: float = 1e-3) -> np.ndarray:
     return np.outer(w, w).astype(np.float32)
 
 
+def as_stored(values: np.ndarray, bad: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """Output values (C, h, w) as a layer of ``dtype`` is written: unsigned integers like
+    the training images (rounded, clipped to ``[1, max]``, nodata 0), else float32 with
+    :data:`NODATA`; nodata wherever ``bad`` (h, w). A new array."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u":
+        out = np.clip(np.rint(values), 1, np.iinfo(dtype).max)
+        out[:, bad] = 0
+        return out.astype(dtype)
+    out = np.array(values, np.float32)
+    out[:, bad] = NODATA
+    return out
+
+
 class _Reference:
     """A coarse DEM read on each window's grid, to anchor relative predictions."""
 
@@ -131,12 +145,7 @@ class _Blender:
         bad = self.bad[:k] | ~np.all(np.isfinite(out), axis=0)  # never a NaN on disk
         self.n_valid += int(bad.size - bad.sum())
         window = Window(0, self.top, self.grid.width, k)
-        if self.dtype.kind == "u":  # stored like the training images: nodata 0, valid >= 1
-            out = np.clip(np.rint(out), 1, np.iinfo(self.dtype).max)
-            out[:, bad] = 0
-            return out.astype(self.dtype), window
-        out[:, bad] = NODATA
-        return out.astype(np.float32), window
+        return as_stored(out, bad, self.dtype), window
 
     def _offset(self, metres: np.ndarray, valid: np.ndarray, r: int, c: int) -> float:
         """The offset (m) anchoring one relative window: the reference's mean minus the

@@ -40,7 +40,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from demgen.errors import InputError
-from demgen.inference.blend import blend_weight, window_starts
+from demgen.inference.blend import as_stored, blend_weight, window_starts
 from demgen.inference.inputs import (
     default_window,
     inference_copy,
@@ -106,8 +106,7 @@ class _Scene:
         cols = window_starts(W, win, stride)
         wins = [(r, c) for r in window_starts(H, win, stride) for c in cols]
         self.batches = [wins[i : i + batch_size] for i in range(0, len(wins), batch_size)]
-        weight = torch.from_numpy(blend_weight(win)).to(device)
-        self.weight = weight
+        self.weight = weight = torch.from_numpy(blend_weight(win)).to(device)
         self.wsum = torch.zeros(H, W, device=device)
         self.invalid = np.zeros((H, W), bool)
         self.items = []  # per batch: (condition, inputs, valid)
@@ -264,21 +263,15 @@ def _write(task, layer, grid, path: Path, values: np.ndarray, std: np.ndarray | 
     files.append((path, values, layer.dtype, names, units))
     for dst, a, dtype, desc, unit in files:
         dt = np.dtype(dtype)
-        if dt.kind == "u":  # stored like the training images: nodata 0, valid >= 1
-            a = np.clip(np.rint(a), 1, np.iinfo(dt).max)
-            a[:, bad] = 0
-            nodata = 0
-        else:
-            a = a.copy()
-            a[:, bad] = NODATA
-            nodata = NODATA
+        a = as_stored(a, bad, dt)
+        nodata = 0 if dt.kind == "u" else NODATA
         profile = geotiff_profile(width=grid.width, height=grid.height, count=a.shape[0],
                                   dtype=dt, crs=grid.crs, transform=grid.transform,
                                   nodata=nodata)  # fmt: skip
         staged = dst.with_name(f".{dst.name}.stage.tif") if cog else dst
         try:
             with open_writer(staged, profile, descriptions=desc, units=unit, tags=tags) as out:
-                out.write(a.astype(dt))
+                out.write(a)
             if cog:
                 write_cog(staged, dst)
         finally:
